@@ -1,0 +1,78 @@
+"""The paper's own numbers, as the reference that measured values are held against.
+
+Everything here is copied from the paper (via ``shared/PAPER.md``) and is only ever *compared with*; no
+count the library reports is taken from this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Figure", "PARAMETERS", "MULTIPLY_ADDS"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A number from the paper and how precisely it was given.
+
+    ``rel_tol``: relative tolerance for a count the paper gives in full (0 for parameters, 0.5% for the
+    multiply-add cross-check counts). ``digits``: significant digits of a figure the paper rounds, such as
+    Table 1's "3.6 x 10^9"; a measured value matches when it rounds to the same figure.
+    """
+
+    value: float
+    source: str
+    rel_tol: float = 0.0
+    digits: int | None = None
+    text: str = ""  # as the paper writes it, e.g. "3.858G"
+
+    def matches(self, measured: float) -> bool:
+        if self.digits is not None:
+            return float(f"{measured:.{self.digits}g}") == float(f"{self.value:.{self.digits}g}")
+        return abs(measured - self.value) <= self.rel_tol * abs(self.value)
+
+
+def _exact(value: int, source: str) -> Figure:
+    return Figure(value, source, text=f"{value:,}")
+
+
+_UNITS = {"M": 1e6, "G": 1e9}
+
+
+def _macs(text: str, source: str, digits: int | None = None) -> Figure:
+    """A multiply-add figure as the paper writes it ("3.858G"); ``digits`` for a rounded one ("3.6G")."""
+    return Figure(float(text[:-1]) * _UNITS[text[-1]], source, rel_tol=0.005, digits=digits, text=text)
+
+
+# Keys: (model name, shortcut option or "-" for plain nets).
+PARAMETERS: dict[tuple[str, str], Figure] = {
+    **{
+        (f"resnet{d}", "B"): _exact(n, "Table 1")
+        for d, n in zip((18, 34, 50, 101, 152), (11_689_512, 21_797_672, 25_557_032, 44_549_160, 60_192_808))
+    },
+    **{(f"resnet{d}", "A"): _exact(n, "Table 1") for d, n in ((18, 11_515_688), (34, 21_623_848))},
+    **{(f"plain{d}", "-"): _exact(n, "Table 1") for d, n in ((18, 11_515_688), (34, 21_623_848))},
+    **{(f"resnet{d}", "C"): _exact(n, "Table 1") for d, n in ((18, 12_043_816), (34, 22_716_840))},
+}
+_CIFAR_PARAMETERS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+_CIFAR_MACS = {20: "40.55M", 32: "68.86M", 44: "97.17M", 56: "125.49M", 110: "252.89M", 1202: "2.83G"}
+for _d, _n in _CIFAR_PARAMETERS.items():
+    # Sec. 4.2: option A everywhere, so a ResNet and its plain twin have exactly the same parameters.
+    PARAMETERS[(f"resnet{_d}", "A")] = _exact(_n, "Table 6")
+    PARAMETERS[(f"plain{_d}", "-")] = _exact(_n, "Table 6")
+
+# Keys: (model name, shortcut option or "-" for plain, stride placement "v1" | "v1.5" for bottleneck nets or
+# "-" for basic-block nets, which have no 1x1 to move the stride to); multiply-adds at the native resolution.
+MULTIPLY_ADDS: dict[tuple[str, str, str], Figure] = {}
+for _d, _v1, _v15 in zip((50, 101, 152), ("3.858G", "7.570G", "11.282G"), ("4.089G", "7.801G", "11.514G")):
+    MULTIPLY_ADDS[(f"resnet{_d}", "B", "v1")] = _macs(_v1, "Table 1")
+    MULTIPLY_ADDS[(f"resnet{_d}", "B", "v1.5")] = _macs(_v15, "Table 1")
+for _d, _exact_g, _table1_g in ((18, "1.814G", "1.8G"), (34, "3.664G", "3.6G")):
+    MULTIPLY_ADDS[(f"resnet{_d}", "B", "-")] = _macs(_exact_g, "Table 1")
+    # Table 1 gives 1.8 and 3.6 x 10^9 for the stacks themselves, and the text calls the plain 34-layer
+    # baseline "3.6 billion FLOPs". Option A shortcuts add no multiply-adds.
+    MULTIPLY_ADDS[(f"plain{_d}", "-", "-")] = _macs(_table1_g, "Table 1", digits=2)
+    MULTIPLY_ADDS[(f"resnet{_d}", "A", "-")] = _macs(_table1_g, "Table 1", digits=2)
+for _d, _m in _CIFAR_MACS.items():
+    MULTIPLY_ADDS[(f"resnet{_d}", "A", "-")] = _macs(_m, "Sec. 4.2")
+    MULTIPLY_ADDS[(f"plain{_d}", "-", "-")] = _macs(_m, "Sec. 4.2")
