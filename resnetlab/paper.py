@@ -59,7 +59,8 @@ _CIFAR_MACS = {20: "40.55M", 32: "68.86M", 44: "97.17M", 56: "125.49M", 110: "25
 for _d, _n in _CIFAR_PARAMETERS.items():
     # Sec. 4.2: option A everywhere, so a ResNet and its plain twin have exactly the same parameters.
     PARAMETERS[(f"resnet{_d}", "A")] = _exact(_n, "Table 6")
-    PARAMETERS[(f"plain{_d}", "-")] = _exact(_n, "Table 6")
+    if _d != 1202:  # the paper has no plain-1202
+        PARAMETERS[(f"plain{_d}", "-")] = _exact(_n, "Table 6")
 
 # Keys: (model name, shortcut option or "-" for plain, stride placement "v1" | "v1.5" for bottleneck nets or
 # "-" for basic-block nets, which have no 1x1 to move the stride to); multiply-adds at the native resolution.
@@ -75,4 +76,5 @@ for _d, _exact_g, _table1_g in ((18, "1.814G", "1.8G"), (34, "3.664G", "3.6G")):
     MULTIPLY_ADDS[(f"resnet{_d}", "A", "-")] = _macs(_table1_g, "Table 1", digits=2)
 for _d, _m in _CIFAR_MACS.items():
     MULTIPLY_ADDS[(f"resnet{_d}", "A", "-")] = _macs(_m, "Sec. 4.2")
-    MULTIPLY_ADDS[(f"plain{_d}", "-", "-")] = _macs(_m, "Sec. 4.2")
+    if _d != 1202:
+        MULTIPLY_ADDS[(f"plain{_d}", "-", "-")] = _macs(_m, "Sec. 4.2")

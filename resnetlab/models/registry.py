@@ -63,7 +63,9 @@ def imagenet_resnet(
 ) -> ResNet:
     """ResNet-18/34/50/101/152 of Table 1; defaults are the paper's (option B, stride on the 1x1).
 
-    ``stride_in_1x1=False`` with option B gives torchvision's v1.5 network, key for key.
+    ``stride_in_1x1=False`` with option B gives torchvision's v1.5 network, key for key: its weights load
+    with ``strict=True`` and give the same outputs. In the default v1 mode the same weights also load (the
+    keys and shapes are identical) but compute a different network, so load them into v1.5 only.
     ``stride_in_1x1`` has no effect on the basic-block nets (18, 34), which have no 1x1 convolution.
     """
     block, layers = _imagenet_layers(depth)
