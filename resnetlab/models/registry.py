@@ -14,6 +14,7 @@ from .resnet import BasicBlock, Bottleneck, ResNet, Shortcut
 __all__ = [
     "IMAGENET_LAYERS",
     "CIFAR_DEPTHS",
+    "CIFAR_PLAIN_DEPTHS",
     "ModelInfo",
     "imagenet_resnet",
     "imagenet_plain",

@@ -1,0 +1,72 @@
+"""One training step and one evaluation pass: plain functions over explicit arguments."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import comm
+
+__all__ = ["autocast", "train_step", "topk_errors", "evaluate"]
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """The one mixed-precision path: bf16 autocast when enabled, a no-op otherwise (no GradScaler is needed
+    for bf16, whose range is float32's)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+    *,
+    amp: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step at ``lr``; returns the (detached) mean loss and the number of top-1 mistakes."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(images.device, amp):
+        logits = model(images)  # (B, classes)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    mistakes = (logits.detach().argmax(dim=1) != labels).sum()
+    return loss.detach(), mistakes
+
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of images whose label is not among the top k scores, for each k (capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (B, k)
+    hits = top == labels[:, None]
+    return [(~hits[:, : min(k, logits.shape[1])].any(dim=1)).sum() for k in ks]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *, amp: bool
+) -> dict[str, float]:
+    """Top-1/top-5 error and mean loss over every image of ``batches``, summed over ranks.
+
+    Each rank passes its own shard, in which every image appears exactly once; sums (not means) are reduced,
+    so the result is the same at any world size and no padded image is counted twice.
+    """
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 wrong, top-5 wrong, images
+    for images, labels in batches:
+        with autocast(device, amp):
+            logits = model(images).float()
+        top1, top5 = topk_errors(logits, labels)
+        totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), top1.double(), top5.double(), torch.tensor(float(len(labels)), device=device, dtype=torch.float64)])
+    model.train(was_training)
+    loss, top1, top5, n = comm.all_reduce_sum(totals).tolist()
+    n = max(n, 1.0)
+    return {"loss": loss / n, "top1_error": top1 / n, "top5_error": top5 / n, "images": int(n)}

@@ -1,0 +1,88 @@
+"""One named preset per experiment of the paper, in the paper's own units (`resnetlab presets`)."""
+
+from __future__ import annotations
+
+import copy
+
+from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
+from .errors import UserError
+from .models.registry import CIFAR_DEPTHS, CIFAR_PLAIN_DEPTHS
+
+__all__ = ["PRESETS", "get_preset", "list_presets"]
+
+PRESETS: dict[str, RunConfig] = {}
+
+
+def _register(config: RunConfig) -> None:
+    if config.preset in PRESETS:
+        raise ValueError(f"preset {config.preset!r} is already registered")
+    PRESETS[config.preset] = config
+
+
+def _cifar10(net: str, depth: int) -> RunConfig:
+    # Sec. 4.2: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k
+    # iterations, stop at 64k; ResNet-110 (and 1202) warm up at 0.01 until the training error is below 80%.
+    warmup = 0.01 if net == "resnet" and depth >= 110 else None
+    return RunConfig(
+        preset=f"cifar10-{net}{depth}",
+        description=f"Table 6 / Fig. 6: {'ResNet' if net == 'resnet' else 'plain'}-{depth} on CIFAR-10, the paper's recipe"
+        + (" with the 0.01 warm-up until training error < 80%" if warmup else ""),
+        model=ModelConfig(name=f"{net}{depth}"),
+        data=DataConfig(dataset="cifar10"),
+        optim=OptimConfig(batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        schedule=ScheduleConfig(kind="steps", milestones=[32000, 48000], warmup_lr=warmup),
+        train=TrainConfig(iterations=64000, eval_every=1000, checkpoint_every=1000),
+    )
+
+
+def _imagenet(net: str, depth: int) -> RunConfig:
+    # Sec. 3.4: batch 256, lr 0.1 divided by 10 when the error plateaus, up to 60 x 10^4 iterations.
+    # schedule.kind=steps is the named deviation: fixed drops at 150k/300k/450k (30/60/90 epochs of 1.28M).
+    return RunConfig(
+        preset=f"imagenet-{net}{depth}",
+        description=f"Tables 2-4 / Fig. 4: {'ResNet' if net == 'resnet' else 'plain'}-{depth} on ImageNet (ImageFolder "
+        "train/ + val/), the paper's recipe; --set schedule.kind=steps for fixed drops at 150k/300k/450k",
+        model=ModelConfig(name=f"{net}{depth}"),
+        data=DataConfig(dataset="imagefolder", num_workers=8),
+        optim=OptimConfig(batch_size=256, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        schedule=ScheduleConfig(kind="plateau", milestones=[150000, 300000, 450000], plateau_patience=3),
+        train=TrainConfig(iterations=600000, eval_every=5000, checkpoint_every=5000),
+    )
+
+
+for _depth in CIFAR_DEPTHS:
+    _register(_cifar10("resnet", _depth))
+for _depth in CIFAR_PLAIN_DEPTHS:
+    _register(_cifar10("plain", _depth))
+for _depth in (18, 34, 50, 101, 152):
+    _register(_imagenet("resnet", _depth))
+for _depth in (18, 34):
+    _register(_imagenet("plain", _depth))
+
+_register(
+    RunConfig(
+        preset="fashion-mnist-resnet20",
+        description="Quick real-data demo: ResNet-20 (one input channel) on Fashion-MNIST 28x28, about 7 minutes "
+        "on 2 CPU cores. Departs from the paper in its length only: 2,400 iterations (about 5 epochs) instead of "
+        "64k, with the lr drops at the paper's fractions (0.5 and 0.75 of the run); otherwise CIFAR's recipe.",
+        model=ModelConfig(name="resnet20"),
+        data=DataConfig(dataset="fashion-mnist"),
+        optim=OptimConfig(batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        schedule=ScheduleConfig(kind="steps", milestones=[1200, 1800]),
+        train=TrainConfig(iterations=2400, eval_every=400, checkpoint_every=400),
+    )
+)
+
+
+def list_presets() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `resnetlab presets` lists them"
+        raise UserError(f"unknown preset {name!r}{hint}")
+    return copy.deepcopy(PRESETS[name])
