@@ -68,6 +68,10 @@ class DataConfig:
     """Train on the first N training images only (0: all)."""
     val_split: int = 0
     """Hold out this many training images as a validation split (the paper's 45k/5k: 5000); 0: none."""
+    loader: str = "auto"
+    """memory: decode once into a cached tensor, augment whole batches on the device (Sec. 4.2's crops);
+    stream: decode files in DataLoader workers with Sec. 3.4's ImageNet pipeline; auto: stream for
+    imagefolder, memory for the others."""
     augment: bool = True
     """The paper's training augmentation (CIFAR: pad 4, crop, flip; ImageNet: scale, crop, flip, PCA)."""
     num_workers: int = 4
@@ -78,6 +82,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.train_subset < 0 or self.val_split < 0:
             raise UserError("data.train_subset and data.val_split must be >= 0")
+        if self.loader not in ("auto", "memory", "stream"):
+            raise UserError(f"data.loader must be auto, memory or stream, got {self.loader!r}")
         if self.on_bad_image not in ("error", "skip"):
             raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {self.on_bad_image!r}")
 

@@ -16,6 +16,7 @@ from .loaders import FileDataset, ShardSampler, make_loader, open_image_folder, 
 from .readers import FolderIndex, index_folder
 from .report import describe, format_report
 from .sources import SPECS, DatasetSpec, Source, dataset_names, locate
+from .stream import ResumableSampler, StreamLoader
 from .stats import ImageStats, folder_statistics, tensor_statistics
 from .transforms import (
     IMAGENET_CHANNEL_MEAN,
@@ -50,10 +51,12 @@ __all__ = [
     "InMemoryLoader",
     "MULTISCALE_SIZES",
     "PCALighting",
+    "ResumableSampler",
     "SPECS",
     "ShardSampler",
     "Source",
     "Split",
+    "StreamLoader",
     "SubtractMean",
     "average_scores",
     "cache_root",

@@ -100,6 +100,7 @@ def make_loader(
     seed: int = 0,
     distributed: bool | None = None,
     pin_memory: bool | None = None,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset``: shuffled and split across ranks (DistributedSampler, last partial batch
     dropped) when ``train``, else in order and sharded with every image counted once (ShardSampler).
@@ -107,13 +108,13 @@ def make_loader(
     ``workers``: decoding processes (default: the CPU count, at most 8), kept alive between epochs.
     ``distributed``: None follows torch.distributed when it is initialised; False ignores it.
     ``pin_memory``: default on when CUDA is available. ``seed`` fixes the shuffle and the workers' RNG.
+    ``sampler``: one of your own instead (e.g. :class:`.stream.ResumableSampler`).
     """
     rank, world = _rank_world(distributed)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    sampler: Sampler[int]
-    if train:
+    if sampler is None and train:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    else:
+    elif sampler is None:
         sampler = ShardSampler(len(dataset), rank, world)  # type: ignore[arg-type]
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping,

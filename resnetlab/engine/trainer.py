@@ -24,22 +24,19 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import data as rdata
 from ..config import RunConfig, config_from_dict
 from ..errors import UserError
 from ..models import create_model
 from ..models.norm import group_batchnorm
 from . import comm
 from .checkpoint import capture_rng_state, clean_state_dict, load_checkpoint, restore_rng_state, save_checkpoint
+from .inputs import build_data
 from .loop import evaluate, train_step
 from .progress import Progress
 from .rundir import RunDir, environment_record
 from .schedule import LRSchedule
 
 __all__ = ["train", "TrainingDiverged", "resolve_device", "build_model"]
-
-EVAL_BATCH = 500
-
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
@@ -76,27 +73,6 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-
-
-def _load_data(config: RunConfig) -> rdata.ImageDataset:
-    # Rank 0 decodes and writes the cache; the others wait, then read it.
-    kwargs = dict(val_size=config.data.val_split, on_bad_image=config.data.on_bad_image)
-    dataset = None
-    if comm.is_main_process():
-        dataset = rdata.load_dataset(config.data.dataset, config.data.data_dir, **kwargs)
-    comm.barrier()
-    if dataset is None:
-        dataset = rdata.load_dataset(config.data.dataset, config.data.data_dir, progress=False, **kwargs)
-    n = config.data.train_subset
-    if n:
-        if n > len(dataset.train):
-            raise UserError(f"--train-subset {n} is more than the {len(dataset.train)} training images")
-        train = rdata.Split(dataset.train.images[:n], dataset.train.labels[:n])
-        dataset = rdata.ImageDataset(
-            dataset.name, dataset.classes, train, dataset.test, rdata.pixel_mean(train.images),
-            dataset.val, dataset.source, dataset.cache_files,
-        )  # fmt: skip
-    return dataset
 
 
 @dataclass
@@ -189,8 +165,8 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
             raise UserError(f"{resume_path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's")
 
     _set_determinism(tc.seed, tc.deterministic)
-    dataset = _load_data(config)
-    model = build_model(config, len(dataset.classes), dataset.channels)
+    data = build_data(config, device)
+    model = build_model(config, len(data.classes), data.preprocessing["channels"])
     if config.model.sync_bn and world > 1:
         if device.type != "cuda":
             raise UserError("model.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
@@ -209,19 +185,7 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
         oc.lr, kind=sc.kind, milestones=sc.milestones, gamma=sc.gamma, warmup_lr=sc.warmup_lr,
         warmup_until_error=sc.warmup_until_error, plateau_patience=sc.plateau_patience,
     )  # fmt: skip
-    loader_args = dict(mean=dataset.mean, device=device, rank=rank, world_size=world, channels_last=tc.channels_last)
-    train_loader = rdata.InMemoryLoader(
-        dataset.train.images, dataset.train.labels, batch_size=oc.batch_size // world, train=True, augment=config.data.augment,
-        seed=tc.seed, drop_last=True, **loader_args,
-    )  # fmt: skip
-    if len(train_loader) == 0:
-        raise UserError(f"{len(dataset.train)} training images make no full batch of {oc.batch_size}")
-    eval_splits = {"test": dataset.test} | ({"val": dataset.val} if dataset.val is not None else {})
-    eval_loaders = {
-        name: rdata.InMemoryLoader(split.images, split.labels, batch_size=EVAL_BATCH, train=False, **loader_args)
-        for name, split in eval_splits.items()
-    }
-
+    train_loader, eval_loaders = data.train, data.evals
     window = Window()
     iteration, best_error = 0, math.inf
     if checkpoint is not None:
@@ -251,8 +215,8 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
             "model": clean_state_dict(model.state_dict()), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": {}, "loader": train_loader.state_dict(),
             "rng": capture_rng_state(), "iteration": iteration, "best_error": best_error,
-            "window": window.state(), "config": config.to_dict(), "classes": list(dataset.classes),
-            "mean": dataset.mean.cpu(), "dataset": dataset.name,
+            "window": window.state(), "config": config.to_dict(), "classes": data.classes,
+            "mean": data.mean.cpu(), "dataset": data.name, "preprocessing": data.preprocessing,
         }  # fmt: skip
 
     def save(*extra: Path) -> None:
@@ -272,7 +236,7 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
     bar = Progress(total=tc.iterations, initial=iteration, enabled=progress, main=main)
     last_record: dict[str, Any] = {}
     if main and iteration == 0:
-        bar.write(f"training {config.model.name} on {dataset.name} ({len(dataset.train)} images, {len(dataset.classes)} classes) "
+        bar.write(f"training {config.model.name} on {data.name} ({data.num_train} images, {len(data.classes)} classes) "
                   f"for {tc.iterations} iterations of batch {oc.batch_size} on {device}" + (f" x {world} processes" if world > 1 else ""))  # fmt: skip
     elif main:
         bar.write(f"resuming {run.path} at iteration {iteration} from {resume_path}")
@@ -311,7 +275,7 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
         if evaluating:
             elapsed = time.perf_counter() - tick
             record: dict[str, Any] = {
-                "iteration": iteration, "epoch": round(iteration * oc.batch_size / len(dataset.train), 3), "lr": lr,
+                "iteration": iteration, "epoch": round(iteration * oc.batch_size / data.num_train, 3), "lr": lr,
                 **window.summary(),
                 "images_per_s": window.images / max(window.data_time + window.step_time, 1e-9),
                 "data_wait_s": window.data_time, "wall_s": elapsed,

@@ -1,0 +1,130 @@
+"""Build a run's training and evaluation batches from its config: in memory or streamed from files.
+
+- ``memory`` (CIFAR, Fashion-MNIST, MNIST, small ImageFolders): the dataset decoded once into a cached
+  uint8 tensor; Sec. 4.2's pad-4 crop and flip applied to whole batches on the device; exact resume.
+- ``stream`` (ImageNet-layout folders): files decoded by DataLoader workers through Sec. 3.4's pipeline
+  (shorter side random in [256, 480], 224 crop, flip, PCA colour noise, per-pixel mean estimated from the
+  training images and cached); evaluated on the centre view (shorter side 256, crop 224).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import data as rdata
+from ..config import RunConfig
+from ..errors import UserError
+from . import comm
+
+__all__ = ["TrainingData", "build_data"]
+
+EVAL_BATCH = 500
+
+
+@dataclass
+class TrainingData:
+    name: str
+    classes: list[str]
+    mean: torch.Tensor  # (C, H, W) per-pixel mean of the training images, pixel units 0..255
+    num_train: int
+    train: rdata.InMemoryLoader | rdata.StreamLoader
+    evals: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]  # "test" (the held-out split), "val"
+    preprocessing: dict[str, Any]  # what eval/predict need: scale, image_size, channels, view
+
+
+class _DeviceBatches:
+    """Re-iterable evaluation batches of a DataLoader, moved to the device; all-bad batches left out."""
+
+    def __init__(self, loader: Iterable[Any], device: torch.device, channels_last: bool) -> None:
+        self.loader, self.device, self.channels_last = loader, device, channels_last
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.loader:
+            if batch is None:
+                continue
+            images, labels = batch
+            images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, labels.to(self.device, non_blocking=True)
+
+
+def _use_stream(config: RunConfig) -> bool:
+    if config.data.loader == "auto":
+        return config.data.dataset == "imagefolder"
+    return config.data.loader == "stream"
+
+
+def build_data(config: RunConfig, device: torch.device) -> TrainingData:
+    rank, world = comm.get_rank(), comm.get_world_size()
+    per_rank = config.optim.batch_size // world
+    return (_stream if _use_stream(config) else _memory)(config, device, rank, world, per_rank)
+
+
+def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_rank: int) -> TrainingData:
+    dc, tc = config.data, config.train
+    kwargs = dict(val_size=dc.val_split, on_bad_image=dc.on_bad_image)
+    dataset = None
+    if rank == 0:  # rank 0 decodes and writes the cache; the others wait, then read it
+        dataset = rdata.load_dataset(dc.dataset, dc.data_dir, **kwargs)
+    comm.barrier()
+    if dataset is None:
+        dataset = rdata.load_dataset(dc.dataset, dc.data_dir, progress=False, **kwargs)
+    train_split, mean = dataset.train, dataset.mean
+    if dc.train_subset:
+        if dc.train_subset > len(train_split):
+            raise UserError(f"--train-subset {dc.train_subset} is more than the {len(train_split)} training images")
+        train_split = rdata.Split(train_split.images[: dc.train_subset], train_split.labels[: dc.train_subset])
+        mean = rdata.pixel_mean(train_split.images)
+    common = dict(mean=mean, device=device, rank=rank, world_size=world, channels_last=tc.channels_last)
+    train = rdata.InMemoryLoader(
+        train_split.images, train_split.labels, batch_size=per_rank, train=True, augment=dc.augment,
+        seed=tc.seed, drop_last=True, **common,
+    )  # fmt: skip
+    if len(train) == 0:
+        raise UserError(f"{len(train_split)} training images make no full batch of {config.optim.batch_size}")
+    splits = {"test": dataset.test} | ({"val": dataset.val} if dataset.val is not None else {})
+    evals = {
+        name: rdata.InMemoryLoader(split.images, split.labels, batch_size=EVAL_BATCH, train=False, **common)
+        for name, split in splits.items()
+    }
+    preprocessing = {
+        "scale": train.augment.scale, "image_size": list(dataset.image_size), "channels": dataset.channels,
+        "view": "center" if dc.dataset == "imagefolder" else "single",
+    }  # fmt: skip
+    return TrainingData(dataset.name, list(dataset.classes), mean, len(train_split), train, evals, preprocessing)
+
+
+def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_rank: int) -> TrainingData:
+    dc, tc = config.data, config.train
+    if dc.dataset != "imagefolder":
+        raise UserError(f"data.loader=stream reads image files (dataset imagefolder), not {dc.dataset}")
+    if dc.val_split or dc.train_subset:
+        raise UserError("data.val_split and data.train_subset apply to in-memory datasets (data.loader=memory)")
+    train_index, val_index = rdata.open_image_folder(dc.data_dir, on_bad_image=dc.on_bad_image)
+    if rank == 0:  # checked before training so that nothing fails mid-epoch; the others wait for the stats
+        train_index = rdata.verify_images(train_index, on_bad_image=dc.on_bad_image)
+        val_index = rdata.verify_images(val_index, on_bad_image=dc.on_bad_image)
+        rdata.folder_statistics(train_index)
+    comm.barrier()
+    if rank != 0 and dc.on_bad_image == "skip":  # the other ranks must leave out the same files
+        train_index = rdata.verify_images(train_index, on_bad_image="skip", progress=False)
+        val_index = rdata.verify_images(val_index, on_bad_image="skip", progress=False)
+    stats = rdata.folder_statistics(train_index, progress=False)  # cached: the mean image at 224x224
+    mean = stats.mean_image
+    train_set = rdata.FileDataset(train_index, rdata.imagenet_train_transform(mean), on_bad_image=dc.on_bad_image)
+    train = rdata.StreamLoader(
+        train_set, batch_size=per_rank, device=device, seed=tc.seed, workers=dc.num_workers,
+        channels_last=tc.channels_last, rank=rank, world_size=world,
+    )  # fmt: skip
+    if len(train) == 0:
+        raise UserError(f"{len(train_index.files)} training images make no full batch of {config.optim.batch_size}")
+    val_set = rdata.FileDataset(val_index, rdata.center_view(mean), on_bad_image=dc.on_bad_image)
+    val_loader = rdata.make_loader(val_set, batch_size=max(per_rank, 1), train=False, workers=dc.num_workers)
+    evals = {"test": _DeviceBatches(val_loader, device, tc.channels_last)}
+    preprocessing = {"scale": 1 / 255, "image_size": [224, 224], "channels": 3, "view": "center"}
+    return TrainingData("imagefolder", list(train_index.classes), mean, len(train_index.files), train, evals, preprocessing)
