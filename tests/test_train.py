@@ -186,6 +186,15 @@ def test_checkpoint_loader_refuses_code(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_resume_from_a_file_that_is_not_a_training_checkpoint(tmp_path, data_dir):
+    weights = tmp_path / "weights.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, weights)
+    with pytest.raises(UserError, match="not a resnetlab training checkpoint"):
+        train(tiny_config(data_dir), tmp_path / "run", resume=str(weights), progress=False)
+    with pytest.raises(UserError, match="no checkpoint at"):
+        train(tiny_config(data_dir), tmp_path / "run", resume=str(tmp_path / "missing.pt"), progress=False)
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "resnetlab", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
 

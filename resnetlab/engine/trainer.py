@@ -160,6 +160,9 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
         raise UserError(f"{run.path} already holds a run; continue it with --resume auto, or choose another --out")
     checkpoint = load_checkpoint(resume_path) if resume_path else None
     if checkpoint is not None:
+        missing = sorted({"model", "optimizer", "schedule", "loader", "rng", "iteration", "config"} - set(checkpoint))
+        if missing:
+            raise UserError(f"{resume_path} is not a resnetlab training checkpoint (it lacks {', '.join(missing)})")
         saved = config_from_dict(checkpoint["config"])
         if saved.model != config.model or saved.data.dataset != config.data.dataset:
             raise UserError(f"{resume_path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's")
