@@ -170,7 +170,114 @@ def _add_plot(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     return _plot
 
 
-COMMANDS = [_add_models, _add_data, _add_presets, _add_train, _add_plot]
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import eval_command
+
+    return eval_command(
+        args.checkpoint, view=args.views, split=args.split, data_dir=args.data_dir, out=args.out, as_json=args.json,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, compile=args.compile,
+    )  # fmt: skip
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint or an exported file with the paper's test views: errors, per-class accuracy",
+        description="Top-1/top-5 error, loss, per-class accuracy and images/s of a run's checkpoint (or an "
+        "exported .safetensors file) on its dataset, with a test view of the paper: single (CIFAR, Sec. 4.2), "
+        "center (256 -> 224), 10crop (Tables 2-3) or multiscale (shorter side 224..640 and flips, Table 4). "
+        "Writes metrics-SPLIT-VIEW.json and confusion-SPLIT-VIEW.png. Under torchrun the split is shared "
+        "out across the ranks, every image counted once.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="runs/X/checkpoints/last.pt, or an export")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset is (default: where the run found it)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test: the dataset's test set (val/ of the ImageNet layout); val: the run's held-out "
+                   "validation split (data.val_split)")  # fmt: skip
+    p.add_argument("--views", choices=("single", "center", "10crop", "multiscale"),
+                   help="test view (default: the checkpoint's, single for CIFAR-style data, center for ImageNet)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--out", metavar="DIR", help="folder for the metrics and the confusion matrix (default: "
+                   "beside the checkpoint, <name>-eval/)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default: by view and size)")
+    p.add_argument("--workers", type=int, metavar="N", help="decoding processes for image files (default: up to 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile with freezing: faster per image after a "
+                   "compilation of seconds to a minute (worth it on large splits)")  # fmt: skip
+    return _eval
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .deploy import predict_command
+
+    return predict_command(
+        args.checkpoint, args.images, top=args.top, view=args.views, as_json=args.json, device=args.device,
+        compile=args.compile,
+    )  # fmt: skip
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a checkpoint: top classes with probabilities",
+        description="The top classes of each image by the checkpoint's network, with its own class names and "
+        "preprocessing (channels, size, mean image, test view). An unreadable image is reported on stderr "
+        "and the others are still classified; the exit code is then 1.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint or an exported .safetensors")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG or any image PIL reads")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--views", choices=("single", "center", "10crop", "multiscale"), help="test view (default: the checkpoint's)")
+    p.add_argument("--json", action="store_true", help="JSON, one object per image")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile with freezing (pays off on many images)")
+    return _predict
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .deploy import export_command
+
+    return export_command(args.checkpoint, args.format, args.out)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint, BatchNorm folded: safetensors (read by eval/predict), torchscript or onnx",
+        description="Writes the network with every BN folded into its convolution, then reads the file back "
+        "and checks its outputs against the eager network on random inputs (within 1e-4). ONNX needs "
+        "pip install 'resnetlab[onnx]'.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint (or an export)")
+    p.add_argument("--format", required=True, choices=("safetensors", "torchscript", "onnx"))
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    return _export
+
+
+def _import_weights(args: argparse.Namespace) -> int:
+    from .deploy import import_command
+
+    return import_command(args.source, args.file, args.model, args.out, resize=args.resize)
+
+
+def _add_import_weights(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser(
+        "import-weights",
+        help="turn torchvision's ImageNet ResNet weights (a local .pth) into a resnetlab checkpoint",
+        description="Reads a local torchvision state dict (weights_only; nothing is downloaded), checks its keys "
+        "and shapes against the network, and writes a checkpoint in torchvision's v1.5 mode (stride on the "
+        "3x3, option B) with ImageNet's class names and torchvision's preprocessing, for eval, predict and export.",
+    )
+    p.add_argument("source", choices=("torchvision",), help="where the weights come from")
+    p.add_argument("file", metavar="FILE", help="the .pth state dict, e.g. resnet50-0676ba61.pth")
+    p.add_argument("--model", required=True, choices=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
+    p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
+    p.add_argument("--resize", type=int, default=256, metavar="N",
+                   help="centre view's shorter side: 256 for IMAGENET1K_V1 weights, 232 for IMAGENET1K_V2")  # fmt: skip
+    return _import_weights
+
+
+COMMANDS = [_add_models, _add_data, _add_presets, _add_train, _add_plot, _add_eval, _add_predict, _add_export, _add_import_weights]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

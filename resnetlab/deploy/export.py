@@ -1,0 +1,190 @@
+"""``resnetlab export``: a checkpoint as a deployable file, BatchNorm folded into the convolutions.
+
+Formats:
+
+- ``safetensors``: the folded weights, the mean image as the tensor ``preprocessing.mean``, and the
+  network's name, options, class names and preprocessing as JSON in the header (:mod:`.bundle`).
+  ``resnetlab eval`` and ``predict`` read it like a checkpoint; reading it unpickles nothing.
+- ``torchscript``: the folded network traced (``torch.jit.trace``; any batch and image size), with the
+  same record as the extra file ``resnetlab.json`` (the mean as a nested list).
+- ``onnx``: the folded network through torch's ``torch.export``-based exporter, batch, height and width
+  dynamic, input ``images``, output ``logits``, the record in the model's ``metadata_props``. Needs the
+  optional packages ``onnx`` and ``onnxscript`` (``pip install 'resnetlab[onnx]'``, which also brings
+  ``onnxruntime`` to run and check it).
+
+Every export is checked before the command returns: the exported file is read back and run on random
+inputs, at the native size and at another size, beside the checkpoint's eager network (BN not folded);
+the outputs must agree within 1e-4 of their scale: ``max |a - b| <= 1e-4 * max(1, max |b|)``. (Folding
+changes float32 rounding, not the function; through ResNet-50's 53 layers that is a few 1e-5 on logits of
+order 1, and it grows with the logits' size.)
+Files are written to a temporary name and renamed, so a failed export leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import UserError
+from .bundle import MEAN_KEY, InferenceBundle, bundle_metadata, read_bundle
+from .fold import fold_batchnorm
+
+__all__ = ["FORMATS", "TOLERANCE", "ExportReport", "outputs_match", "export_model", "export_command"]
+
+FORMATS = ("safetensors", "torchscript", "onnx")
+TOLERANCE = 1e-4
+ONNX_HINT = "pip install 'resnetlab[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+def outputs_match(a: torch.Tensor, b: torch.Tensor, tolerance: float = TOLERANCE) -> bool:
+    """``a`` agrees with the reference ``b`` within ``tolerance`` of the output scale (at least 1)."""
+    return a.shape == b.shape and (a - b).abs().max().item() <= tolerance * max(1.0, b.abs().max().item())
+
+
+@dataclass
+class ExportReport:
+    """What was written and how closely its outputs follow the eager network's."""
+
+    path: Path
+    format: str
+    bytes: int
+    max_abs_diff: float | None  # None when the check could not run (onnxruntime missing)
+    within_tolerance: bool
+    inputs: list[tuple[int, ...]]
+    note: str = ""
+
+
+@contextmanager
+def _atomic(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out``, renamed to ``out`` when the block succeeds, removed otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _record(bundle: InferenceBundle) -> dict[str, Any]:
+    """The safetensors header as one JSON object, with the mean as a nested list (torchscript, onnx)."""
+    meta = bundle_metadata(bundle, folded=True)
+    return {"format": meta.pop("format"), **{k: json.loads(v) for k, v in meta.items()},
+            MEAN_KEY: bundle.preprocessing.mean.tolist()}  # fmt: skip
+
+
+def _write_safetensors(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in folded.state_dict().items()}
+    tensors[MEAN_KEY] = bundle.preprocessing.mean.float().contiguous()
+    save_file(tensors, str(tmp), metadata=bundle_metadata(bundle, folded=True))
+
+
+def _example(bundle: InferenceBundle, batch: int = 2, grow: int = 0) -> torch.Tensor:
+    h, w = bundle.preprocessing.image_size
+    g = torch.Generator().manual_seed(batch * 1000 + grow)
+    return torch.randn(batch, bundle.preprocessing.channels, h + grow, w + grow // 2, generator=g)
+
+
+def _write_torchscript(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # recent torch deprecates TorchScript; it was asked for by name
+        traced = torch.jit.trace(folded, _example(bundle))
+        torch.jit.save(traced, str(tmp), _extra_files={"resnetlab.json": json.dumps(_record(bundle))})
+
+
+def _write_onnx(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
+    try:
+        onnx = importlib.import_module("onnx")
+        importlib.import_module("onnxscript")  # torch's exporter needs it
+    except ImportError as err:
+        raise UserError(f"ONNX export needs the optional package {err.name}: {ONNX_HINT}") from None
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise UserError(f"ONNX export needs torch >= 2.5 (this is {torch.__version__})")
+    dynamic = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    torch.onnx.export(
+        folded, (_example(bundle),), str(tmp), dynamo=True, external_data=False, verbose=False,
+        input_names=["images"], output_names=["logits"], dynamic_shapes=(dynamic,),
+    )  # fmt: skip
+    model = onnx.load(str(tmp))
+    for key, value in _record(bundle).items():
+        model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.save(model, str(tmp))
+
+
+def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """A function running the exported file, or None (and why) when it cannot run here."""
+    if fmt == "safetensors":
+        model = read_bundle(path).model
+        return model, ""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path)).eval(), ""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None, f"not run: onnxruntime is not installed ({ONNX_HINT})"
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return (lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])), ""
+
+
+WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript, "onnx": _write_onnx}
+
+
+def export_model(checkpoint: str | Path, fmt: str, out: str | Path) -> ExportReport:
+    """Write ``checkpoint``'s network, BN folded, as ``fmt`` to ``out``, then read the file back and compare
+    its outputs with the eager network's on random inputs at two sizes."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    out = Path(out)
+    bundle = read_bundle(checkpoint)
+    eager = bundle.model.eval()
+    folded = fold_batchnorm(eager)  # an export of an export has no BN left: an unchanged copy
+    try:
+        with _atomic(out) as tmp:
+            WRITERS[fmt](bundle, folded, tmp)
+    except OSError as err:
+        raise UserError(f"cannot write {out} ({err.strerror or err})") from None
+    run, note = _runner(fmt, out)
+    inputs = [_example(bundle, 2), _example(bundle, 1, grow=bundle.preprocessing.crop // 2)]
+    diff, ok = None, True
+    if run is not None:
+        with torch.inference_mode():
+            pairs = [(run(x).float(), eager(x).float()) for x in inputs]
+        diff = max((a - b).abs().max().item() for a, b in pairs)
+        ok = all(outputs_match(a, b) for a, b in pairs)
+    return ExportReport(out, fmt, out.stat().st_size, diff, ok, [tuple(x.shape) for x in inputs], note)
+
+
+def export_command(checkpoint: str | Path, fmt: str, out: str | Path) -> int:
+    """The ``resnetlab export`` command: export, check, report on one line; exit 1 if the check fails."""
+    report = export_model(checkpoint, fmt, out)
+    shapes = " and ".join("x".join(map(str, s)) for s in report.inputs)
+    if report.max_abs_diff is None:
+        check = f"outputs {report.note}"
+    else:
+        check = f"outputs vs the eager network: max |difference| {report.max_abs_diff:.2g} on random {shapes} inputs"
+    print(f"wrote {report.path} ({report.format}, BN folded, {report.bytes / 1e6:.1f} MB); {check}")
+    if not report.within_tolerance:
+        print(f"resnetlab export: error: {report.path}'s outputs differ from the checkpoint's by more than "
+              f"{TOLERANCE:g} x max(1, |output|)", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0

@@ -1,0 +1,125 @@
+"""BatchNorm folding and resnetlab export: every format present matches the eager network within 1e-4."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+import zipfile
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from resnetlab.cli import main
+from resnetlab.deploy import FORMAT, conv_bn_pairs, export_model, fold_batchnorm, outputs_match, read_bundle
+from resnetlab.errors import UserError
+from resnetlab.evaluation import evaluate_checkpoint
+from resnetlab.models import create_model
+from test_eval import calibrate, make_checkpoint, write_val_folder
+
+NETWORKS = [
+    ("resnet20", {}, 32),  # option A
+    ("plain20", {}, 32),
+    ("resnet18", {"shortcut": "C"}, 64),
+    ("resnet50", {}, 64),  # v1: stride on the 1x1
+    ("resnet50", {"stride_in_1x1": False}, 64),  # v1.5
+]
+
+
+@pytest.mark.parametrize("name, options, size", NETWORKS)
+def test_folding_keeps_the_function_and_removes_every_bn(name, options, size):
+    torch.manual_seed(0)
+    model = calibrate(create_model(name, **options), torch.randn(8, 3, size, size))
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(3, 3, size + 8, size)
+    with torch.no_grad():
+        assert outputs_match(folded(x), model(x))  # within 1e-4 of the logits' scale
+    assert fold_batchnorm(folded).state_dict().keys() == folded.state_dict().keys()  # folding twice: a no-op
+
+
+def test_a_bn_without_its_convolution_is_refused():
+    odd = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match="cannot fold 1"):
+        conv_bn_pairs(odd)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return make_checkpoint(tmp_path / "ckpt.pt", data_dir=write_val_folder(tmp_path / "imagenet"))
+
+
+def _runner(fmt: str, path):
+    if fmt == "safetensors":
+        return read_bundle(path).model
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path))
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+def test_every_format_matches_the_eager_network(checkpoint, tmp_path, fmt):
+    if fmt == "onnx":
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(package)
+    out = tmp_path / f"model.{fmt}"
+    report = export_model(checkpoint, fmt, out)
+    assert report.within_tolerance and report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+    assert out.is_file() and not list(tmp_path.glob(".model.*"))  # written atomically, no temporary left
+    eager = read_bundle(checkpoint).model
+    run = _runner(fmt, out)
+    for shape in [(4, 3, 16, 16), (1, 3, 23, 31)]:  # another batch and image size than the export's example
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(run(x), eager(x), rtol=1e-4, atol=1e-4)  # a small net: 1e-4 element-wise
+
+
+def test_safetensors_export_is_read_by_eval_and_predict(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.safetensors"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0
+    assert "max |difference|" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["format"] == FORMAT and json.loads(meta["classes"]) == ["cat", "dog", "frog"]
+    assert json.loads(meta["model"])["bn_folded"] and "preprocessing.mean" in keys
+    assert not any("bn" in k or "running" in k for k in keys)  # folded: convolutions with biases, the fc
+    for view in ("center", "10crop"):
+        a = evaluate_checkpoint(checkpoint, view=view, workers=0)
+        b = evaluate_checkpoint(out, view=view, workers=0)
+        assert a.confusion == b.confusion and b.loss == pytest.approx(a.loss, rel=1e-5)
+    image = next((tmp_path / "imagenet" / "val" / "cat").iterdir())
+    assert main(["predict", "--checkpoint", str(out), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] in ("cat", "dog", "frog")
+
+
+def test_torchscript_carries_the_record(checkpoint, tmp_path):
+    out = tmp_path / "model.pt"
+    export_model(checkpoint, "torchscript", out)
+    with zipfile.ZipFile(out) as z:
+        name = next(n for n in z.namelist() if n.endswith("extra/resnetlab.json"))
+        record = json.loads(z.read(name))
+    assert record["format"] == FORMAT and record["preprocessing"]["view"] == "center"
+    assert torch.tensor(record["preprocessing.mean"]).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_missing_onnx_packages_give_one_clear_line(checkpoint, tmp_path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # what an environment without the package gives
+    with pytest.raises(UserError, match=rf"needs the optional package {missing}: pip install 'resnetlab\[onnx\]'"):
+        export_model(checkpoint, "onnx", tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_errors(checkpoint, tmp_path, capsys):
+    with pytest.raises(UserError, match="unknown export format"):
+        export_model(checkpoint, "tflite", tmp_path / "m")
+    assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--format", "onnx", "--out", str(tmp_path / "m")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
