@@ -277,7 +277,55 @@ def _add_import_weights(sub: argparse._SubParsersAction) -> Callable[[argparse.N
     return _import_weights
 
 
-COMMANDS = [_add_models, _add_data, _add_presets, _add_train, _add_plot, _add_eval, _add_predict, _add_export, _add_import_weights]
+def _experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import experiments
+
+    root, out = Path(args.runs), Path(args.out)
+    if args.which == "degradation":
+        nets = args.nets or experiments.DEGRADATION_NETS
+        paths = experiments.degradation(nets, args.seeds, args.iterations, root, out, args.data_dir)
+        print("wrote " + ", ".join(map(str, paths)))
+    elif args.which == "table6":
+        markdown, paths = experiments.table6_report(root, out, args.iterations)
+        print(markdown)
+        print("wrote " + ", ".join(map(str, paths)))
+    else:
+        summary = experiments.responses(
+            root, out, iterations=args.iterations, seed=args.seeds[0], nets=args.nets or experiments.RESPONSE_NETS,
+            data_dir=args.data_dir, split=args.split, bn_mode=args.bn_mode, std_over=args.std_over,
+        )  # fmt: skip
+        for net, value in summary["mean_std"].items():
+            print(f"{net:<10} mean response std {value:.4f}")
+        for claim, held in summary["claims"].items():
+            print(f"paper's claim, {claim}: {'holds' if held else 'does NOT hold'}")
+        print("wrote " + ", ".join(summary["figures"]))
+    return 0
+
+
+def _add_experiment(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+    p = sub.add_parser(
+        "experiment",
+        help="reproduce a CIFAR-10 experiment of the paper: degradation (Fig. 1, 6), table6, responses (Fig. 7)",
+        description="Each experiment trains (or reuses, or resumes) ordinary runs of the CIFAR-10 presets under "
+        "--runs and draws its figure or table from their records only. A shorter --iterations keeps the lr drops "
+        "at the paper's fractions of the run (0.5 and 0.75), stated on every figure.",
+    )
+    p.add_argument("which", choices=("degradation", "table6", "responses"))
+    p.add_argument("--runs", default="runs/cifar10", metavar="DIR", help="where the runs live (default runs/cifar10)")
+    p.add_argument("--out", default="results", metavar="DIR", help="where figures and tables go (default results)")
+    p.add_argument("--iterations", type=int, default=64000, help="schedule length (default the paper's 64,000)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to train (degradation); the seed to read (responses)")
+    p.add_argument("--nets", nargs="+", metavar="NET", help="networks, e.g. plain20 resnet56 (default: the figure's)")
+    p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10 is (then $RESNETLAB_DATA)")
+    p.add_argument("--split", choices=("test", "train", "val"), default="test", help="responses: images to use")
+    p.add_argument("--bn-mode", choices=("eval", "train"), default="eval", help="responses: BN running or batch statistics")
+    p.add_argument("--std-over", choices=("all", "channel"), default="all", help="responses: one std over all elements, or per channel")
+    return _experiment
+
+
+COMMANDS = [_add_models, _add_data, _add_presets, _add_train, _add_plot, _add_eval, _add_predict, _add_export, _add_import_weights, _add_experiment]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

@@ -34,6 +34,7 @@ class TrainingData:
     train: rdata.InMemoryLoader | rdata.StreamLoader
     evals: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]  # "test" (the held-out split), "val"
     preprocessing: dict[str, Any]  # what eval/predict need: scale, image_size, channels, view
+    source: str  # where the images came from, for the run's record (e.g. the CIFAR-10 JPEG archive)
 
 
 class _DeviceBatches:
@@ -94,9 +95,10 @@ def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_
     }
     preprocessing = {
         "scale": train.augment.scale, "image_size": list(dataset.image_size), "channels": dataset.channels,
-        "view": "center" if dc.dataset == "imagefolder" else "single",
+        "view": "single",  # the stored images as they are: what this run evaluated on
     }  # fmt: skip
-    return TrainingData(dataset.name, list(dataset.classes), mean, len(train_split), train, evals, preprocessing)
+    source = f"{dataset.source.path} ({dataset.source.format})" if dataset.source else dataset.name
+    return TrainingData(dataset.name, list(dataset.classes), mean, len(train_split), train, evals, preprocessing, source)
 
 
 def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_rank: int) -> TrainingData:
@@ -127,4 +129,5 @@ def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_
     val_loader = rdata.make_loader(val_set, batch_size=max(per_rank, 1), train=False, workers=dc.num_workers)
     evals = {"test": _DeviceBatches(val_loader, device, tc.channels_last)}
     preprocessing = {"scale": 1 / 255, "image_size": [224, 224], "channels": 3, "view": "center"}
-    return TrainingData("imagefolder", list(train_index.classes), mean, len(train_index.files), train, evals, preprocessing)
+    source = f"{train_index.root.parent} (imagefolder)"
+    return TrainingData("imagefolder", list(train_index.classes), mean, len(train_index.files), train, evals, preprocessing, source)

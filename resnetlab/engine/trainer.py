@@ -204,7 +204,7 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
             run.truncate_metrics(iteration)
     if main:
         run.write_json(run.config, config.to_dict())
-        run.write_json(run.env, environment_record(device, world))
+        run.write_json(run.env, environment_record(device, world) | {"data_source": data.source})
 
     # `model` is what is saved; `inner` (compiled or not) evaluates; `trained` (DDP-wrapped when distributed)
     # trains. Evaluation bypasses DDP: its shards may hold different numbers of batches per rank.

@@ -1,0 +1,133 @@
+"""The CIFAR-10 experiments of Sec. 4.2 as commands: degradation (Fig. 1, 6), Table 6, responses (Fig. 7).
+
+Every run is an ordinary training run of a CIFAR-10 preset in ``ROOT/<preset>-it<N>-seed<S>``, so a run
+that finished is reused, a run cut short is resumed (``--resume auto``) and nothing is trained twice. A
+shorter schedule keeps the paper's shape: the lr drops land at the same fractions of the run (32k and 48k
+of 64k: 0.5 and 0.75), and every figure says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import data as rdata
+from ..config import RunConfig, apply_overrides, config_from_dict
+from ..engine import load_checkpoint, scale_milestones, train
+from ..engine.trainer import build_model
+from ..errors import UserError
+from ..presets import get_preset
+from .figures import plot_fig1, plot_fig6, plot_fig7
+from .records import RunRecord, read_record, run_name
+from .responses import layer_response_stds
+from .table6 import format_table6, table6, write_table6_csv
+
+__all__ = ["DEGRADATION_NETS", "RESPONSE_NETS", "experiment_config", "ensure_run", "degradation", "table6_report", "responses"]
+
+DEGRADATION_NETS = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+RESPONSE_NETS = ["plain20", "plain56", "resnet20", "resnet56", "resnet110"]
+PAPER_ITERATIONS = 64000
+
+
+def experiment_config(net: str, iterations: int, seed: int, data_dir: str | None) -> RunConfig:
+    """The preset ``cifar10-<net>`` over ``iterations``, its lr drops at the paper's fractions of the run."""
+    config = get_preset(f"cifar10-{net}")
+    milestones = scale_milestones(config.schedule.milestones, PAPER_ITERATIONS, iterations)
+    every = max(1, iterations // 32)  # 32 points per curve
+    overrides = [
+        f"train.iterations={iterations}", f"schedule.milestones={','.join(map(str, milestones))}", f"train.seed={seed}",
+        f"train.eval_every={every}", f"train.checkpoint_every={every}",
+    ]  # fmt: skip
+    if data_dir:
+        overrides.append(f"data.data_dir={data_dir}")
+    return apply_overrides(config, overrides)
+
+
+def schedule_note(iterations: int) -> str:
+    first, second = scale_milestones([32000, 48000], PAPER_ITERATIONS, iterations)
+    return f"{iterations:,} iterations, lr 0.1 /10 at {first:,} and {second:,} (0.5 and 0.75 of the run; paper: 32k/48k of 64k)"
+
+
+def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> RunRecord:
+    """Reuse a finished run, resume one cut short, or train it; refuses a folder holding another config."""
+    if (path / "config.json").is_file():
+        saved = config_from_dict(json.loads((path / "config.json").read_text()))
+        if saved.model != config.model or saved.train.iterations != config.train.iterations or saved.train.seed != config.train.seed:
+            raise UserError(f"{path} holds a different run ({saved.model.name}, {saved.train.iterations} iterations, seed {saved.train.seed})")
+        record = read_record(path)
+        if record.finished and (path / "checkpoints" / "last.pt").is_file():
+            print(f"reusing {path} (finished)")
+            return record
+    resume = "auto" if (path / "checkpoints" / "last.pt").is_file() else None
+    print(f"{'resuming' if resume else 'training'} {path}")
+    result = train(config, path, resume=resume, progress=progress)
+    if result.get("stopped"):
+        raise UserError(f"stopped during {path}; run the same command again to resume")
+    return read_record(path)
+
+
+def degradation(nets: list[str], seeds: list[int], iterations: int, root: Path, out: Path, data_dir: str | None) -> list[Path]:
+    records = []
+    for seed in seeds:
+        for net in nets:
+            config = experiment_config(net, iterations, seed, data_dir)
+            records.append(ensure_run(config, root / run_name(config.preset, iterations, seed)))
+    note = schedule_note(iterations)
+    return plot_fig1(records, out / "fig1", note) + plot_fig6(records, out / "fig6", note)
+
+
+def table6_report(root: Path, out: Path, iterations: int | None = None) -> tuple[str, list[Path]]:
+    """Table 6 in Markdown (returned) and CSV from every run record under ``root``."""
+    records = [read_record(p.parent) for p in sorted(root.glob("*/metrics.jsonl"))]
+    records = [r for r in records if iterations is None or r.iterations == iterations]
+    if not records:
+        raise UserError(f"no run records under {root}" + (f" with {iterations} iterations" if iterations else ""))
+    rows = table6(records)
+    markdown = format_table6(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table6.md").write_text(markdown + "\n")
+    return markdown, [out / "table6.md", write_table6_csv(rows, out / "table6.csv")]
+
+
+def _checkpoint_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    state = load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise UserError(f"{path} is not a resnetlab training checkpoint")
+    config = config_from_dict(state["config"])
+    model = build_model(config, len(state["classes"]), state["preprocessing"]["channels"])
+    model.load_state_dict(state["model"], strict=True)
+    return model.to(device), state
+
+
+def responses(
+    root: Path, out: Path, *, iterations: int, seed: int = 0, nets: list[str] = RESPONSE_NETS, data_dir: str | None = None,
+    split: str = "test", bn_mode: str = "eval", std_over: str = "all", device: str = "cpu",
+) -> dict[str, Any]:
+    """Fig. 7 from the last checkpoints of the runs under ``root``; returns the stds and the paper's claims."""
+    dev = torch.device(device)
+    stds: dict[str, list[float]] = {}
+    for net in nets:
+        checkpoint = root / run_name(f"cifar10-{net}", iterations, seed) / "checkpoints" / "last.pt"
+        model, state = _checkpoint_model(checkpoint, dev)
+        config = config_from_dict(state["config"])
+        dataset = rdata.load_dataset(config.data.dataset, data_dir or config.data.data_dir, val_size=config.data.val_split)
+        chosen = {"test": dataset.test, "train": dataset.train, "val": dataset.val}[split]
+        if chosen is None:
+            raise UserError(f"{checkpoint} was trained without a validation split; use --split test or train")
+        loader = rdata.InMemoryLoader(chosen.images, chosen.labels, batch_size=500, mean=state["mean"], train=False, device=dev)
+        stds[net] = layer_response_stds(model, loader, bn_mode=bn_mode, std_over=std_over)
+    mean = {net: sum(v) / len(v) for net, v in stds.items()}
+    claims = {
+        f"{r} below {p}": mean[r] < mean[p] for r, p in (("resnet20", "plain20"), ("resnet56", "plain56")) if r in mean and p in mean
+    } | {
+        f"{deep} below {shallow}": mean[deep] < mean[shallow]
+        for shallow, deep in (("resnet20", "resnet56"), ("resnet56", "resnet110")) if shallow in mean and deep in mean
+    }  # fmt: skip
+    note = f"{split} split, BN in {bn_mode} mode, std over {'all elements' if std_over == 'all' else 'each channel (mean)'}; {schedule_note(iterations)}"
+    paths = plot_fig7(stds, out / "fig7", note)
+    summary = {"note": note, "mean_std": mean, "claims": claims, "stds": stds, "figures": [str(p) for p in paths]}
+    (out / "fig7.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
