@@ -55,3 +55,15 @@ def test_readme_shows_the_current_models_table(capsys):
     shown = readme.split("<!-- models-table:begin -->\n")[1].split("\n<!-- models-table:end -->")[0]
     assert main(["models", "--markdown"]) == 0
     assert capsys.readouterr().out.split("\n\n")[0].strip() == shown.strip()
+
+
+def test_output_into_a_closed_pipe_is_quiet(monkeypatch):
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head`) has gone: every write now fails with EPIPE
+    stdout = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["models", "--family", "cifar", "--no-variants"]) == 141
+    monkeypatch.undo()
+    stdout.close()
