@@ -18,7 +18,16 @@ from torch.utils.data import DistributedSampler
 
 from .loaders import FileDataset, make_loader
 
-__all__ = ["ResumableSampler", "StreamLoader"]
+__all__ = ["ResumableSampler", "StreamLoader", "to_device"]
+
+
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DataLoader batch (images, labels) on ``device``, images channels_last if asked."""
+    images, labels = batch
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
 
 
 class ResumableSampler(DistributedSampler):
@@ -72,13 +81,8 @@ class StreamLoader:
             self.position += 1
             if self.position >= n:
                 self.epoch, self.position = self.epoch + 1, 0
-            if batch is None:
-                continue
-            images, labels = batch
-            images = images.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, labels.to(self.device, non_blocking=True)
+            if batch is not None:
+                yield to_device(batch, self.device, self.channels_last)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}

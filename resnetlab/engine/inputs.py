@@ -17,6 +17,7 @@ import torch
 
 from .. import data as rdata
 from ..config import RunConfig
+from ..data.stream import to_device
 from ..errors import UserError
 from . import comm
 
@@ -45,13 +46,8 @@ class _DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.loader:
-            if batch is None:
-                continue
-            images, labels = batch
-            images = images.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, labels.to(self.device, non_blocking=True)
+            if batch is not None:
+                yield to_device(batch, self.device, self.channels_last)
 
 
 def _use_stream(config: RunConfig) -> bool:
