@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "InMemoryLoader"]
+__all__ = ["BatchAugment", "InMemoryLoader", "LoaderPosition"]
 
 
 def _seed(*parts: object) -> int:
@@ -64,7 +64,33 @@ class BatchAugment:
         return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
 
-class InMemoryLoader:
+class LoaderPosition:
+    """Where a training loader is in its data order: (epoch, position, seed), all its randomness depends on.
+
+    Shared by :class:`InMemoryLoader` and :class:`.stream.StreamLoader`; ``__len__`` is batches per epoch.
+    """
+
+    epoch: int
+    position: int
+    seed: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its first batch at the next iteration."""
+        self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not 0 <= state["position"] <= len(self):
+            raise ValueError(f"position {state['position']} is outside this loader's {len(self)} batches")
+        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])
+
+
+class InMemoryLoader(LoaderPosition):
     """Batches ``(x, y)`` of an in-memory split: x float32 (B, C, H, W), y int64 (B,), on ``device``.
 
     ``train=True``: a fresh permutation per epoch, Sec. 4.2's augmentation (``augment=False`` turns it off,
@@ -167,14 +193,4 @@ class InMemoryLoader:
             self.epoch, self.position = (epoch + 1, 0) if position + 1 == n else (epoch, position + 1)
             yield batch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its first batch at the next iteration."""
-        self.epoch, self.position = epoch, 0
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if not 0 <= state["position"] <= len(self):
-            raise ValueError(f"position {state['position']} is outside this loader's {len(self)} batches")
-        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DistributedSampler
 
+from .fast import LoaderPosition
 from .loaders import FileDataset, make_loader
 
 __all__ = ["ResumableSampler", "StreamLoader", "to_device"]
@@ -44,7 +45,7 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.start
 
 
-class StreamLoader:
+class StreamLoader(LoaderPosition):
     """Batches ``(x, y)`` of a :class:`.loaders.FileDataset` on ``device``; one pass is one epoch.
 
     ``batch_size`` is per rank; the sampler drops the last partial batch of each epoch, as the in-memory
@@ -75,6 +76,7 @@ class StreamLoader:
         n = len(self)
         if self.position >= n > 0:
             self.epoch, self.position = self.epoch + 1, 0
+        self.sampler.seed = self.seed  # a restored state's seed orders the epoch
         self.sampler.set_epoch(self.epoch)
         self.sampler.start = self.position * self.batch_size
         for batch in self.loader:
@@ -83,11 +85,3 @@ class StreamLoader:
                 self.epoch, self.position = self.epoch + 1, 0
             if batch is not None:
                 yield to_device(batch, self.device, self.channels_last)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if not 0 <= state["position"] <= len(self):
-            raise ValueError(f"position {state['position']} is outside this loader's {len(self)} batches")
-        self.epoch, self.position, self.seed = int(state["epoch"]), int(state["position"]), int(state["seed"])

@@ -20,7 +20,6 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "broadcast_buffers",
-    "broadcast_object",
 ]
 
 
@@ -80,12 +79,3 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     if is_distributed():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=src)
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Rank ``src``'s Python object on every rank (a decision such as "stop now")."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
