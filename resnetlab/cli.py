@@ -286,7 +286,9 @@ def _experiment(args: argparse.Namespace) -> int:
     root, out = Path(args.runs), Path(args.out)
     if args.which == "degradation":
         nets = args.nets or experiments.DEGRADATION_NETS
-        paths = experiments.degradation(nets, args.seeds, args.iterations, root, out, args.data_dir)
+        paths = experiments.degradation(
+            nets, args.seeds, args.iterations, root, out, args.data_dir, args.eval_points, train_missing=not args.no_train
+        )
         print("wrote " + ", ".join(map(str, paths)))
     elif args.which == "table6":
         markdown, paths = experiments.table6_report(root, out, args.iterations)
@@ -319,6 +321,10 @@ def _add_experiment(sub: argparse._SubParsersAction) -> Callable[[argparse.Names
     p.add_argument("--iterations", type=int, default=64000, help="schedule length (default the paper's 64,000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to train (degradation); the seed to read (responses)")
     p.add_argument("--nets", nargs="+", metavar="NET", help="networks, e.g. plain20 resnet56 (default: the figure's)")
+    p.add_argument("--eval-points", type=int, default=32, metavar="N",
+                   help="degradation: test-set evaluations per run, evenly spaced (default 32; each costs a pass over 10k images)")  # fmt: skip
+    p.add_argument("--no-train", action="store_true",
+                   help="degradation: draw from the records already under --runs (e.g. copied without checkpoints); train nothing")  # fmt: skip
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10 is (then $RESNETLAB_DATA)")
     p.add_argument("--split", choices=("test", "train", "val"), default="test", help="responses: images to use")
     p.add_argument("--bn-mode", choices=("eval", "train"), default="eval", help="responses: BN running or batch statistics")

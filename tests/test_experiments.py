@@ -54,6 +54,26 @@ def test_lr_drops_scale_to_the_papers_fractions():
     assert experiment_config("resnet110", 64000, 0, None).schedule.milestones == [32000, 48000]
     assert experiment_config("resnet110", 64000, 0, None).schedule.warmup_lr == 0.01
     assert "0.5 and 0.75 of the run" in cifar.schedule_note(8000) and "4,000 and 6,000" in cifar.schedule_note(8000)
+    assert experiment_config("plain56", 2000, 0, None, eval_points=16).train.eval_every == 125
+
+
+def test_response_claims_pair_twins_and_consecutive_depths():
+    claims = cifar.response_claims({"plain20": 0.9, "plain56": 0.8, "resnet20": 0.5, "resnet32": 0.45, "resnet56": 0.47, "resnet110": 0.3})
+    assert claims == {
+        "resnet20 below plain20": True, "resnet56 below plain56": True,
+        "resnet32 below resnet20": True, "resnet56 below resnet32": False, "resnet110 below resnet56": True,
+    }  # fmt: skip
+
+
+def test_no_train_draws_from_records_without_checkpoints(records, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cifar, "train", lambda *a, **k: pytest.fail("--no-train must not train"))
+    out = tmp_path / "out"
+    common = ["--runs", str(records), "--out", str(out), "--iterations", "400", "--no-train", "--seeds", "0", "1"]
+    assert main(["experiment", "degradation", "--nets", "plain20", "plain56", "resnet20", "resnet32", *common]) == 0
+    assert (out / "fig1.png").exists() and (out / "fig6.svg").exists()
+    assert "cifar10-resnet32-it400-seed0: no record, left out" in capsys.readouterr().out
+    assert main(["experiment", "degradation", *common[:5], "8000", "--no-train"]) == 2
+    assert "no run records" in capsys.readouterr().err
 
 
 def test_curves_average_seeds(records):

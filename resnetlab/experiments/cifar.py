@@ -25,18 +25,21 @@ from .records import RunRecord, read_record, run_name
 from .responses import layer_response_stds
 from .table6 import format_table6, table6, write_table6_csv
 
-__all__ = ["DEGRADATION_NETS", "RESPONSE_NETS", "experiment_config", "ensure_run", "degradation", "table6_report", "responses"]
+__all__ = ["DEGRADATION_NETS", "RESPONSE_NETS", "experiment_config", "ensure_run", "degradation", "table6_report", "responses", "response_claims"]
 
 DEGRADATION_NETS = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
 RESPONSE_NETS = ["plain20", "plain56", "resnet20", "resnet56", "resnet110"]
 PAPER_ITERATIONS = 64000
 
 
-def experiment_config(net: str, iterations: int, seed: int, data_dir: str | None) -> RunConfig:
-    """The preset ``cifar10-<net>`` over ``iterations``, its lr drops at the paper's fractions of the run."""
+def experiment_config(net: str, iterations: int, seed: int, data_dir: str | None, eval_points: int = 32) -> RunConfig:
+    """The preset ``cifar10-<net>`` over ``iterations``, its lr drops at the paper's fractions of the run.
+
+    The test set is evaluated ``eval_points`` times, evenly spaced (the points of each test-error curve).
+    """
     config = get_preset(f"cifar10-{net}")
     milestones = scale_milestones(config.schedule.milestones, PAPER_ITERATIONS, iterations)
-    every = max(1, iterations // 32)  # 32 points per curve
+    every = max(1, iterations // eval_points)
     overrides = [
         f"train.iterations={iterations}", f"schedule.milestones={','.join(map(str, milestones))}", f"train.seed={seed}",
         f"train.eval_every={every}", f"train.checkpoint_every={every}",
@@ -69,12 +72,27 @@ def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> R
     return read_record(path)
 
 
-def degradation(nets: list[str], seeds: list[int], iterations: int, root: Path, out: Path, data_dir: str | None) -> list[Path]:
+def degradation(
+    nets: list[str], seeds: list[int], iterations: int, root: Path, out: Path, data_dir: str | None, eval_points: int = 32,
+    train_missing: bool = True,
+) -> list[Path]:
+    """Fig. 1 and Fig. 6; ``train_missing=False`` draws from the records under ``root`` and trains nothing."""
     records = []
     for seed in seeds:
         for net in nets:
-            config = experiment_config(net, iterations, seed, data_dir)
-            records.append(ensure_run(config, root / run_name(config.preset, iterations, seed)))
+            config = experiment_config(net, iterations, seed, data_dir, eval_points)
+            path = root / run_name(config.preset, iterations, seed)
+            if train_missing:
+                records.append(ensure_run(config, path))
+            elif (path / "metrics.jsonl").is_file():
+                record = read_record(path)
+                if not record.finished:
+                    print(f"{path}: unfinished ({record.final['iteration'] if record.evals else 0} of {iterations} iterations), drawn as it is")
+                records.append(record)
+            else:
+                print(f"{path}: no record, left out")
+    if not records:
+        raise UserError(f"no run records under {root} for {iterations} iterations")
     note = schedule_note(iterations)
     return plot_fig1(records, out / "fig1", note) + plot_fig6(records, out / "fig6", note)
 
@@ -102,6 +120,16 @@ def _checkpoint_model(path: Path, device: torch.device) -> tuple[torch.nn.Module
     return model.to(device), state
 
 
+def response_claims(mean_std: dict[str, float]) -> dict[str, bool]:
+    """The paper's two Fig. 7 claims on mean response stds: each ResNet below its plain twin of the same depth,
+    and each ResNet below the next shallower ResNet measured (e.g. resnet56 below resnet20)."""
+    depth = {net: int(net.removeprefix("resnet").removeprefix("plain")) for net in mean_std}
+    resnets = sorted((n for n in mean_std if n.startswith("resnet")), key=depth.get)
+    twins = {f"{r} below plain{depth[r]}": mean_std[r] < mean_std[f"plain{depth[r]}"] for r in resnets if f"plain{depth[r]}" in mean_std}
+    deeper = {f"{deep} below {shallow}": mean_std[deep] < mean_std[shallow] for shallow, deep in zip(resnets, resnets[1:])}
+    return twins | deeper
+
+
 def responses(
     root: Path, out: Path, *, iterations: int, seed: int = 0, nets: list[str] = RESPONSE_NETS, data_dir: str | None = None,
     split: str = "test", bn_mode: str = "eval", std_over: str = "all", device: str = "cpu",
@@ -120,12 +148,7 @@ def responses(
         loader = rdata.InMemoryLoader(chosen.images, chosen.labels, batch_size=500, mean=state["mean"], train=False, device=dev)
         stds[net] = layer_response_stds(model, loader, bn_mode=bn_mode, std_over=std_over)
     mean = {net: sum(v) / len(v) for net, v in stds.items()}
-    claims = {
-        f"{r} below {p}": mean[r] < mean[p] for r, p in (("resnet20", "plain20"), ("resnet56", "plain56")) if r in mean and p in mean
-    } | {
-        f"{deep} below {shallow}": mean[deep] < mean[shallow]
-        for shallow, deep in (("resnet20", "resnet56"), ("resnet56", "resnet110")) if shallow in mean and deep in mean
-    }  # fmt: skip
+    claims = response_claims(mean)
     note = f"{split} split, BN in {bn_mode} mode, std over {'all elements' if std_over == 'all' else 'each channel (mean)'}; {schedule_note(iterations)}"
     paths = plot_fig7(stds, out / "fig7", note)
     summary = {"note": note, "mean_std": mean, "claims": claims, "stds": stds, "figures": [str(p) for p in paths]}
