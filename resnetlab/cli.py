@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import UserError
+from .errors import UserError, user_message
 
 __all__ = ["main", "build_parser"]
 
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except UserError as err:
-        print(f"resnetlab {args.command}: error: {err}", file=sys.stderr)
+        print(f"resnetlab {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"resnetlab {args.command}: interrupted", file=sys.stderr)

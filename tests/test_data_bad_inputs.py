@@ -212,3 +212,20 @@ def test_cli_bad_file_exits_2_with_one_line(cifar_folder, capsys):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"resnetlab data: error: {bad}: truncated or corrupt")
     assert main(["data", "cifar10", "--data-dir", str(cifar_folder), "--skip-bad-images"]) == 0
     assert "splits: train 29, test 10; 1 bad image(s) skipped" in capsys.readouterr().out
+
+
+def test_a_bad_file_met_in_a_loader_worker_is_still_one_line(cifar_folder):
+    """A file that breaks after verification is met inside a DataLoader worker; PyTorch re-raises the
+    UserError in the main process with the worker's traceback in its text, and the message keeps one line."""
+    from resnetlab.errors import user_message
+
+    index = index_folder(cifar_folder / "train")
+    bad = cifar_folder / "train" / "k0" / "0001.jpg"
+    truncate(bad)
+    loader = torch.utils.data.DataLoader(FileDataset(index), batch_size=4, num_workers=1)
+    with pytest.raises(UserError) as caught:
+        list(loader)
+    assert "Original Traceback" in str(caught.value)  # what PyTorch hands over
+    message = user_message(caught.value)
+    assert "\n" not in message and message.startswith(f"{bad}: truncated")
+    assert user_message(UserError("plain message")) == "plain message"
