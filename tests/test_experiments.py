@@ -100,6 +100,15 @@ def test_figures_have_the_papers_panels_and_series(records):
     assert list(top.get_lines()[0].get_ydata()) == [1.0, 3.0, 2.0] and list(bottom.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.0]
 
 
+def test_table6_leaves_out_unfinished_runs(records, tmp_path, capsys):
+    fake_run(records, "resnet32", 0, [(0.5, 0.5)], iterations=400)
+    lines = (records / "cifar10-resnet32-it400-seed0" / "metrics.jsonl").read_text().replace('"iteration": 400', '"iteration": 100')
+    (records / "cifar10-resnet32-it400-seed0" / "metrics.jsonl").write_text(lines)
+    assert main(["experiment", "table6", "--runs", str(records), "--out", str(tmp_path / "out"), "--iterations", "400"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10-resnet32-it400-seed0: left out, unfinished (100 of 400 iterations)" in out and "| resnet32 |" not in out
+
+
 def test_table6_from_records(records, tmp_path):
     rows = {r.model: r for r in table6(_read(records))}
     plain20 = rows["plain20"]

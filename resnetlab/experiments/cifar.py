@@ -101,6 +101,9 @@ def table6_report(root: Path, out: Path, iterations: int | None = None) -> tuple
     """Table 6 in Markdown (returned) and CSV from every run record under ``root``."""
     records = [read_record(p.parent) for p in sorted(root.glob("*/metrics.jsonl"))]
     records = [r for r in records if iterations is None or r.iterations == iterations]
+    for record in [r for r in records if not r.finished]:  # its last error is not the run's final error
+        print(f"{record.path}: left out, unfinished ({record.final['iteration'] if record.evals else 0} of {record.iterations} iterations)")
+    records = [r for r in records if r.finished]
     if not records:
         raise UserError(f"no run records under {root}" + (f" with {iterations} iterations" if iterations else ""))
     rows = table6(records)
