@@ -6,6 +6,7 @@ seeds of one network, the curve is their mean at each evaluation; the caption sa
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def _draw(ax, curves: dict, models: list[str], kinds: tuple[str, ...] = ("train"
         ax.legend(fontsize=8)
 
 
+def _title(fig, text: str, width: int) -> None:
+    """The figure's title, wrapped to the figure's width (``width`` characters at 9 pt): the schedule and
+    the choices behind the figure must be readable on it, not cut off."""
+    fig.suptitle(textwrap.fill(text, width), fontsize=9)
+
+
 def save_figure(fig, out: Path) -> list[Path]:
     """``out``.png and ``out``.svg; closes the figure."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +94,7 @@ def figure_fig1(records: list[RunRecord], note: str):
     for ax, kind, title in ((left, "train", "training error"), (right, "test", "test error")):
         _draw(ax, curves, ["plain20", "plain56"], kinds=(kind,))
         ax.set_title(f"{title}: plain-20 vs plain-56")
-    fig.suptitle(f"Fig. 1 (CIFAR-10). {note}", fontsize=9)
+    _title(fig, f"Fig. 1 (CIFAR-10). {note}", width=110)
     return fig
 
 
@@ -105,7 +112,7 @@ def figure_fig6(records: list[RunRecord], note: str):
         _draw(ax, curves, models)
         present = [m for m in models if m in curves]
         ax.set_title(title if present else f"{title}: no runs")
-    fig.suptitle(f"Fig. 6 (CIFAR-10): dashed training error, solid test error. {note}", fontsize=9)
+    _title(fig, f"Fig. 6 (CIFAR-10): dashed training error, solid test error. {note}", width=170)
     return fig
 
 
@@ -122,5 +129,5 @@ def figure_fig7(stds: dict[str, list[float]], note: str):
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Fig. 7 (CIFAR-10): std of layer responses. {note}", fontsize=9)
+    _title(fig, f"Fig. 7 (CIFAR-10): std of layer responses. {note}", width=95)
     return fig
