@@ -189,3 +189,11 @@ def test_degradation_and_responses_end_to_end(tmp_path, monkeypatch):
     assert len(summary["stds"]["plain20"]) == len(summary["stds"]["resnet20"]) == 18
     assert set(summary["claims"]) == {"resnet20 below plain20"}
     assert "test split, BN in eval mode, std over all elements" in summary["note"]
+
+
+def test_the_results_page_table_is_what_its_committed_records_give():
+    """docs/results/table6.md must stay what `resnetlab experiment table6` draws from docs/results/runs."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    records = _read(docs / "runs")
+    assert len(records) == 8 and all(r.finished for r in records)
+    assert cifar.format_table6(table6(records)) == (docs / "table6.md").read_text().strip()
