@@ -87,7 +87,7 @@ def degradation(
             elif (path / "metrics.jsonl").is_file():
                 record = read_record(path)
                 if not record.finished:
-                    print(f"{path}: unfinished ({record.final['iteration'] if record.evals else 0} of {iterations} iterations), drawn as it is")
+                    print(f"{path}: unfinished ({record.reached} of {iterations} iterations), drawn as it is")
                 records.append(record)
             else:
                 print(f"{path}: no record, left out")
@@ -102,7 +102,7 @@ def table6_report(root: Path, out: Path, iterations: int | None = None) -> tuple
     records = [read_record(p.parent) for p in sorted(root.glob("*/metrics.jsonl"))]
     records = [r for r in records if iterations is None or r.iterations == iterations]
     for record in [r for r in records if not r.finished]:  # its last error is not the run's final error
-        print(f"{record.path}: left out, unfinished ({record.final['iteration'] if record.evals else 0} of {record.iterations} iterations)")
+        print(f"{record.path}: left out, unfinished ({record.reached} of {record.iterations} iterations)")
     records = [r for r in records if r.finished]
     if not records:
         raise UserError(f"no run records under {root}" + (f" with {iterations} iterations" if iterations else ""))

@@ -45,8 +45,13 @@ class RunRecord:
         return str(self.env.get("data_source") or self.config["data"].get("data_dir") or self.config["data"]["dataset"])
 
     @property
+    def reached(self) -> int:
+        """The iteration of the last evaluation (0 before the first)."""
+        return int(self.evals[-1]["iteration"]) if self.evals else 0
+
+    @property
     def finished(self) -> bool:
-        return bool(self.evals) and self.evals[-1]["iteration"] >= self.iterations
+        return self.reached >= self.iterations
 
     @property
     def final(self) -> dict[str, Any]:
