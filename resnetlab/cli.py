@@ -55,9 +55,12 @@ def _data(args: argparse.Namespace) -> int:
     from .data.report import data_command
 
     return data_command(
-        args.name, args.data_dir, as_json=args.json, download=not args.no_download,
+        args.name,
+        args.data_dir,
+        as_json=args.json,
+        download=not args.no_download,
         on_bad_image="skip" if args.skip_bad_images else "error",
-    )  # fmt: skip
+    )
 
 
 def _add_data(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -119,7 +122,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
     p.add_argument("--preset", required=True, metavar="NAME", help="e.g. cifar10-resnet20, fashion-mnist-resnet20")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset is (then $RESNETLAB_DATA, the system location)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
-    p.add_argument("--iterations", type=int, metavar="N", help="total training iterations (the schedule is not rescaled)")
+    p.add_argument(
+        "--iterations", type=int, metavar="N", help="total training iterations (the schedule is not rescaled)"
+    )
     p.add_argument("--batch-size", type=int, metavar="N", help="global mini-batch")
     p.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N iterations")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="save last.pt every N iterations")
@@ -141,8 +146,11 @@ def _presets(args: argparse.Namespace) -> int:
     for name, cfg in PRESETS.items():
         s, t = cfg.schedule, cfg.train
         when = f"/10 at {', '.join(f'{m:,}' for m in s.milestones)}" if s.kind == "steps" else "/10 on plateau"
-        print(f"{name:<{width}}  {cfg.model.name:<10} {cfg.data.dataset:<13} batch {cfg.optim.batch_size:<3} "
-              f"lr {cfg.optim.lr:g} {when}; {t.iterations:,} iterations" + (f", warm-up {s.warmup_lr:g}" if s.warmup_lr else ""))  # fmt: skip
+        print(
+            f"{name:<{width}}  {cfg.model.name:<10} {cfg.data.dataset:<13} batch {cfg.optim.batch_size:<3} "
+            f"lr {cfg.optim.lr:g} {when}; {t.iterations:,} iterations"
+            + (f", warm-up {s.warmup_lr:g}" if s.warmup_lr else "")
+        )
         if args.verbose:
             print(f"{'':<{width}}  {cfg.description}")
     return 0
@@ -175,9 +183,17 @@ def _eval(args: argparse.Namespace) -> int:
     from .evaluation import eval_command
 
     return eval_command(
-        args.checkpoint, view=args.views, split=args.split, data_dir=args.data_dir, out=args.out, as_json=args.json,
-        batch_size=args.batch_size, workers=args.workers, device=args.device, compile=args.compile,
-    )  # fmt: skip
+        args.checkpoint,
+        view=args.views,
+        split=args.split,
+        data_dir=args.data_dir,
+        out=args.out,
+        as_json=args.json,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        compile=args.compile,
+    )
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -192,19 +208,33 @@ def _add_eval(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="runs/X/checkpoints/last.pt, or an export")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset is (default: where the run found it)")
-    p.add_argument("--split", choices=("test", "val"), default="test",
-                   help="test: the dataset's test set (val/ of the ImageNet layout); val: the run's held-out "
-                   "validation split (data.val_split)")  # fmt: skip
-    p.add_argument("--views", choices=("single", "center", "10crop", "multiscale"),
-                   help="test view (default: the checkpoint's, single for CIFAR-style data, center for ImageNet)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="test: the dataset's test set (val/ of the ImageNet layout); val: the run's held-out "
+        "validation split (data.val_split)",
+    )
+    p.add_argument(
+        "--views",
+        choices=("single", "center", "10crop", "multiscale"),
+        help="test view (default: the checkpoint's, single for CIFAR-style data, center for ImageNet)",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--out", metavar="DIR", help="folder for the metrics and the confusion matrix (default: "
-                   "beside the checkpoint, <name>-eval/)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for the metrics and the confusion matrix (default: beside the checkpoint, <name>-eval/)",
+    )
     p.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default: by view and size)")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes for image files (default: up to 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile with freezing: faster per image after a "
-                   "compilation of seconds to a minute (worth it on large splits)")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile with freezing: faster per image after a "
+        "compilation of seconds to a minute (worth it on large splits)",
+    )
     return _eval
 
 
@@ -212,9 +242,14 @@ def _predict(args: argparse.Namespace) -> int:
     from .deploy import predict_command
 
     return predict_command(
-        args.checkpoint, args.images, top=args.top, view=args.views, as_json=args.json, device=args.device,
+        args.checkpoint,
+        args.images,
+        top=args.top,
+        view=args.views,
+        as_json=args.json,
+        device=args.device,
         compile=args.compile,
-    )  # fmt: skip
+    )
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
@@ -228,7 +263,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespac
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint or an exported .safetensors")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG or any image PIL reads")
     p.add_argument("--top", type=int, default=5, metavar="K", help="classes per image (default 5)")
-    p.add_argument("--views", choices=("single", "center", "10crop", "multiscale"), help="test view (default: the checkpoint's)")
+    p.add_argument(
+        "--views", choices=("single", "center", "10crop", "multiscale"), help="test view (default: the checkpoint's)"
+    )
     p.add_argument("--json", action="store_true", help="JSON, one object per image")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile with freezing (pays off on many images)")
@@ -273,8 +310,13 @@ def _add_import_weights(sub: argparse._SubParsersAction) -> Callable[[argparse.N
     p.add_argument("file", metavar="FILE", help="the .pth state dict, e.g. resnet50-0676ba61.pth")
     p.add_argument("--model", required=True, choices=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
     p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
-    p.add_argument("--resize", type=int, default=256, metavar="N",
-                   help="centre view's shorter side: 256 for IMAGENET1K_V1 weights, 232 for IMAGENET1K_V2")  # fmt: skip
+    p.add_argument(
+        "--resize",
+        type=int,
+        default=256,
+        metavar="N",
+        help="centre view's shorter side: 256 for IMAGENET1K_V1 weights, 232 for IMAGENET1K_V2",
+    )
     return _import_weights
 
 
@@ -287,7 +329,14 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.which == "degradation":
         nets = args.nets or experiments.DEGRADATION_NETS
         paths = experiments.degradation(
-            nets, args.seeds, args.iterations, root, out, args.data_dir, args.eval_points, train_missing=not args.no_train
+            nets,
+            args.seeds,
+            args.iterations,
+            root,
+            out,
+            args.data_dir,
+            args.eval_points,
+            train_missing=not args.no_train,
         )
         print("wrote " + ", ".join(map(str, paths)))
     elif args.which == "table6":
@@ -296,9 +345,16 @@ def _experiment(args: argparse.Namespace) -> int:
         print("wrote " + ", ".join(map(str, paths)))
     else:
         summary = experiments.responses(
-            root, out, iterations=args.iterations, seed=args.seeds[0], nets=args.nets or experiments.RESPONSE_NETS,
-            data_dir=args.data_dir, split=args.split, bn_mode=args.bn_mode, std_over=args.std_over,
-        )  # fmt: skip
+            root,
+            out,
+            iterations=args.iterations,
+            seed=args.seeds[0],
+            nets=args.nets or experiments.RESPONSE_NETS,
+            data_dir=args.data_dir,
+            split=args.split,
+            bn_mode=args.bn_mode,
+            std_over=args.std_over,
+        )
         for net, value in summary["mean_std"].items():
             print(f"{net:<10} mean response std {value:.4f}")
         for claim, held in summary["claims"].items():
@@ -319,20 +375,48 @@ def _add_experiment(sub: argparse._SubParsersAction) -> Callable[[argparse.Names
     p.add_argument("--runs", default="runs/cifar10", metavar="DIR", help="where the runs live (default runs/cifar10)")
     p.add_argument("--out", default="results", metavar="DIR", help="where figures and tables go (default results)")
     p.add_argument("--iterations", type=int, default=64000, help="schedule length (default the paper's 64,000)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to train (degradation); the seed to read (responses)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds to train (degradation); the seed to read (responses)"
+    )
     p.add_argument("--nets", nargs="+", metavar="NET", help="networks, e.g. plain20 resnet56 (default: the figure's)")
-    p.add_argument("--eval-points", type=int, default=32, metavar="N",
-                   help="degradation: test-set evaluations per run, evenly spaced (default 32; each costs a pass over 10k images)")  # fmt: skip
-    p.add_argument("--no-train", action="store_true",
-                   help="degradation: draw from the records already under --runs (e.g. copied without checkpoints); train nothing")  # fmt: skip
+    p.add_argument(
+        "--eval-points",
+        type=int,
+        default=32,
+        metavar="N",
+        help="degradation: test-set evaluations per run, evenly spaced (default 32; each costs a pass over 10k images)",
+    )
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="degradation: draw from the records already under --runs (e.g. copied without checkpoints); train nothing",
+    )
     p.add_argument("--data-dir", metavar="DIR", help="where CIFAR-10 is (then $RESNETLAB_DATA)")
     p.add_argument("--split", choices=("test", "train", "val"), default="test", help="responses: images to use")
-    p.add_argument("--bn-mode", choices=("eval", "train"), default="eval", help="responses: BN running or batch statistics")
-    p.add_argument("--std-over", choices=("all", "channel"), default="all", help="responses: one std over all elements, or per channel")
+    p.add_argument(
+        "--bn-mode", choices=("eval", "train"), default="eval", help="responses: BN running or batch statistics"
+    )
+    p.add_argument(
+        "--std-over",
+        choices=("all", "channel"),
+        default="all",
+        help="responses: one std over all elements, or per channel",
+    )
     return _experiment
 
 
-COMMANDS = [_add_models, _add_data, _add_presets, _add_train, _add_plot, _add_eval, _add_predict, _add_export, _add_import_weights, _add_experiment]
+COMMANDS = [
+    _add_models,
+    _add_data,
+    _add_presets,
+    _add_train,
+    _add_plot,
+    _add_eval,
+    _add_predict,
+    _add_export,
+    _add_import_weights,
+    _add_experiment,
+]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

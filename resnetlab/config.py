@@ -191,7 +191,9 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
         try:
             value = float(text) if annotation is float else int(text.replace("_", ""))
         except ValueError:
-            raise UserError(f"{key} takes {'a number' if annotation is float else 'an integer'}, got {text!r}") from None
+            raise UserError(
+                f"{key} takes {'a number' if annotation is float else 'an integer'}, got {text!r}"
+            ) from None
         return value
     return text
 

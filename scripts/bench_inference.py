@@ -88,7 +88,9 @@ def measure(variants: dict[str, Variant], x: torch.Tensor, rounds: int) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20, help="timed rounds at batch 1 (batch 32: a quarter, at least 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=20, help="timed rounds at batch 1 (batch 32: a quarter, at least 3)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's, the core count)")
     parser.add_argument("--weights", metavar="FILE", help="a local torchvision resnet50 .pth")
@@ -127,37 +129,52 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with torch.inference_mode():
         logits = reference(xb)
-        diffs = {name: (model(prepare(xb)).float() - logits).abs().max().item() for name, (model, prepare) in variants.items()}
+        diffs = {
+            name: (model(prepare(xb)).float() - logits).abs().max().item()
+            for name, (model, prepare) in variants.items()
+        }
     latency = measure(variants, x1, args.rounds)
     batch = measure(variants, xb, max(3, args.rounds // 4))
     base_latency, base_batch = latency["torchvision eager"], batch["torchvision eager"]
     rows = {
         name: {
-            "batch1_ms": 1e3 * latency[name], "batch1_speedup": base_latency / latency[name],
+            "batch1_ms": 1e3 * latency[name],
+            "batch1_speedup": base_latency / latency[name],
             f"batch{args.batch_size}_images_per_s": args.batch_size / batch[name],
-            f"batch{args.batch_size}_speedup": base_batch / batch[name], "max_abs_diff": diffs[name],
+            f"batch{args.batch_size}_speedup": base_batch / batch[name],
+            "max_abs_diff": diffs[name],
         }
         for name in variants
-    }  # fmt: skip
+    }
     env = {
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "cpu": cpu_name(),
-        "threads": torch.get_num_threads(), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "weights": args.weights or "torchvision init, BN statistics of random images",
-        "max_abs_logit": logits.abs().max().item(), "compile_s": compile_s,
-    }  # fmt: skip
+        "max_abs_logit": logits.abs().max().item(),
+        "compile_s": compile_s,
+    }
     if args.json:
         print(json.dumps({"env": env, "results": rows}, indent=1))
         return
-    print(f"torch {env['torch']}, torchvision {env['torchvision']}; {env['cpu']}, {env['threads']} threads; "
-          f"load average {env['load_average'][0]} -> {env['load_average'][1]}")  # fmt: skip
+    print(
+        f"torch {env['torch']}, torchvision {env['torchvision']}; {env['cpu']}, {env['threads']} threads; "
+        f"load average {env['load_average'][0]} -> {env['load_average'][1]}"
+    )
     print(f"ResNet-50 224x224, {env['weights']}; largest |logit| {env['max_abs_logit']:.3g}")
     if compile_s:
         print("torch.compile: " + ", ".join(f"{s:.1f} s for the first batch of {b}" for b, s in compile_s.items()))
     n = args.batch_size
-    print(f"\n{'':<27} {'batch 1 latency':>16} {'speedup':>8} {f'batch {n} throughput':>21} {'speedup':>8} {'max |diff|':>11}")
+    print(
+        f"\n{'':<27} {'batch 1 latency':>16} {'speedup':>8} {f'batch {n} throughput':>21} {'speedup':>8} {'max |diff|':>11}"
+    )
     for name, r in rows.items():
-        print(f"{name:<27} {r['batch1_ms']:13.1f} ms {r['batch1_speedup']:7.2f}x {r[f'batch{n}_images_per_s']:14.1f} images/s "
-              f"{r[f'batch{n}_speedup']:7.2f}x {r['max_abs_diff']:11.2e}")  # fmt: skip
+        print(
+            f"{name:<27} {r['batch1_ms']:13.1f} ms {r['batch1_speedup']:7.2f}x {r[f'batch{n}_images_per_s']:14.1f} images/s "
+            f"{r[f'batch{n}_speedup']:7.2f}x {r['max_abs_diff']:11.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,11 @@ class PerImage(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        image = Image.fromarray(self.hwc[i].squeeze(-1) if self.hwc.shape[-1] == 1 else self.hwc[i]) if self.pil \
-            else self.images[i]  # fmt: skip
+        image = (
+            Image.fromarray(self.hwc[i].squeeze(-1) if self.hwc.shape[-1] == 1 else self.hwc[i])
+            if self.pil
+            else self.images[i]
+        )
         return self.transform(image), int(self.labels[i])
 
 
@@ -48,8 +51,9 @@ def _sync(device: torch.device) -> None:
 
 
 def fast_path(ds: ImageDataset, batch_size: int, device: torch.device, batches: int) -> float:
-    loader = InMemoryLoader(ds.train.images, ds.train.labels, batch_size=batch_size, mean=ds.mean, train=True,
-                            device=device)  # fmt: skip
+    loader = InMemoryLoader(
+        ds.train.images, ds.train.labels, batch_size=batch_size, mean=ds.mean, train=True, device=device
+    )
     next(iter(loader))  # warm-up (and the one-time copy to the device is already done in __init__)
     done, start = 0, time.perf_counter()
     while done < batches:
@@ -65,8 +69,15 @@ def dataloader_path(
     ds: ImageDataset, batch_size: int, device: torch.device, batches: int, workers: int, pil: bool
 ) -> float:
     dataset = PerImage(ds.train.images, ds.train.labels, cifar_train_transform(ds.mean), pil)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     next(iter(loader))  # warm-up: worker start-up is not counted (the workers persist)
     done, start = 0, time.perf_counter()
     while done < batches:
@@ -84,8 +95,9 @@ def resnet20_training(ds: ImageDataset, batch_size: int, device: torch.device, s
     torch.manual_seed(0)
     model = create_model("resnet20", in_channels=ds.channels, num_classes=len(ds.classes)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    loader = InMemoryLoader(ds.train.images, ds.train.labels, batch_size=batch_size, mean=ds.mean, train=True,
-                            device=device)  # fmt: skip
+    loader = InMemoryLoader(
+        ds.train.images, ds.train.labels, batch_size=batch_size, mean=ds.mean, train=True, device=device
+    )
     it = iter(loader)
 
     def step() -> None:
@@ -134,33 +146,46 @@ def main() -> None:
     rates = {
         "fast path (InMemoryLoader)": fast_path(ds, args.batch_size, device, args.batches),
         f"DataLoader, PIL image per item, {args.workers} workers": dataloader_path(
-            ds, args.batch_size, device, slow_batches, args.workers, pil=True),
+            ds, args.batch_size, device, slow_batches, args.workers, pil=True
+        ),
         f"DataLoader, tensor per item, {args.workers} workers": dataloader_path(
-            ds, args.batch_size, device, slow_batches, args.workers, pil=False),
+            ds, args.batch_size, device, slow_batches, args.workers, pil=False
+        ),
         "ResNet-20 training (forward, backward, SGD step)": resnet20_training(
-            ds, args.batch_size, device, args.train_steps),
-    }  # fmt: skip
+            ds, args.batch_size, device, args.train_steps
+        ),
+    }
     train_rate = rates["ResNet-20 training (forward, backward, SGD step)"]
     fast_rate = rates["fast path (InMemoryLoader)"]
     info = {
-        "dataset": ds.name, "images": len(ds.train), "image": list(ds.train.images.shape[1:]),
-        "batch_size": args.batch_size, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
+        "dataset": ds.name,
+        "images": len(ds.train),
+        "image": list(ds.train.images.shape[1:]),
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+        "torch": torch.__version__,
         "images_per_s": {k: round(v) for k, v in rates.items()},
         "fast_path_over_training": round(fast_rate / train_rate, 1),
-    }  # fmt: skip
+    }
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"{ds.name}: {len(ds.train):,} training images {tuple(ds.train.images.shape[1:])}, batch {args.batch_size}, "
-          f"device {device}{' (' + info['gpu'] + ')' if info['gpu'] else ''}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}")  # fmt: skip
+    print(
+        f"{ds.name}: {len(ds.train):,} training images {tuple(ds.train.images.shape[1:])}, batch {args.batch_size}, "
+        f"device {device}{' (' + info['gpu'] + ')' if info['gpu'] else ''}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}"
+    )
     width = max(map(len, rates))
     for name, rate in rates.items():
         print(f"  {name:<{width}}  {rate:>10,.0f} images/s")
-    print(f"fast path / ResNet-20 training: {fast_rate / train_rate:.0f}x (goal: at least 10x); "
-          f"fast path / best DataLoader: {fast_rate / max(list(rates.values())[1:3]):.0f}x")  # fmt: skip
+    print(
+        f"fast path / ResNet-20 training: {fast_rate / train_rate:.0f}x (goal: at least 10x); "
+        f"fast path / best DataLoader: {fast_rate / max(list(rates.values())[1:3]):.0f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,22 @@ from resnetlab.engine.loop import train_step
 from resnetlab.models import create_model
 
 
-def measure(name: str, device: torch.device, batch: int, steps: int, warmup: int, amp: bool, channels_last: bool, compile_: bool) -> float:
+def measure(
+    name: str, device: torch.device, batch: int, steps: int, warmup: int, amp: bool, channels_last: bool, compile_: bool
+) -> float:
     data = synthetic_dataset(num_train=max(batch * (steps + warmup), 2 * batch), num_test=1)
-    loader = InMemoryLoader(data.train.images, data.train.labels, batch_size=batch, mean=data.mean, train=True,
-                            device=device, channels_last=channels_last)  # fmt: skip
-    model = create_model(name).to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    loader = InMemoryLoader(
+        data.train.images,
+        data.train.labels,
+        batch_size=batch,
+        mean=data.mean,
+        train=True,
+        device=device,
+        channels_last=channels_last,
+    )
+    model = create_model(name).to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
     step_model = torch.compile(model) if compile_ else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     batches = iter(loader)
@@ -63,10 +74,14 @@ def main() -> None:
     device = torch.device(args.device)
     amp = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}; batch {args.batch_size}, amp {'bf16' if amp else 'off'}, "
-          f"channels_last {not args.no_channels_last}, compile {args.compile}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {where}; batch {args.batch_size}, amp {'bf16' if amp else 'off'}, "
+        f"channels_last {not args.no_channels_last}, compile {args.compile}"
+    )
     for name in args.models:
-        rate = measure(name, device, args.batch_size, args.steps, args.warmup, amp, not args.no_channels_last, args.compile)
+        rate = measure(
+            name, device, args.batch_size, args.steps, args.warmup, amp, not args.no_channels_last, args.compile
+        )
         print(f"{name:<10} {rate:9.0f} images/s  ({rate / args.batch_size:.2f} iterations/s)")
 
 

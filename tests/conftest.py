@@ -60,8 +60,14 @@ def write_cifar_python(root: Path, dataset: str = "cifar10", per_batch: int = 6,
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     meta = {"label_names": names} if ten else {"fine_label_names": names, "coarse_label_names": ["x"] * 20}
     (folder / ("batches.meta" if ten else "meta")).write_bytes(pickle.dumps(meta, protocol=2))
-    return {"folder": folder, "train": train, "train_labels": train_labels, "test": test, "test_labels": test_labels,
-            "classes": names}  # fmt: skip
+    return {
+        "folder": folder,
+        "train": train,
+        "train_labels": train_labels,
+        "test": test,
+        "test_labels": test_labels,
+        "classes": names,
+    }
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -22,7 +22,9 @@ def seeded_randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, *, layers: int = 50, rel: float | None = None) -> None:
+def assert_close_to_scale(
+    actual: torch.Tensor, expected: torch.Tensor, *, layers: int = 50, rel: float | None = None
+) -> None:
     """``max |actual - expected| <= rel * max |expected|``; ``rel`` defaults to the rounding bound for a
     network of ``layers`` layers (at least the bound for 50)."""
     assert actual.shape == expected.shape, f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}"

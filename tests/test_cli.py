@@ -34,7 +34,9 @@ def test_models_markdown(capsys):
     assert any(line.startswith("| resnet152 | imagenet | 152 | bottleneck | B | v1.5 |") for line in lines)
 
 
-@pytest.mark.parametrize("argv", [["models", "--family", "svhn"], ["frobnicate"], [], ["models", "--json", "--markdown"]])
+@pytest.mark.parametrize(
+    "argv", [["models", "--family", "svhn"], ["frobnicate"], [], ["models", "--json", "--markdown"]]
+)
 def test_wrong_options_exit_2_with_one_line(argv):
     proc = subprocess.run([sys.executable, "-m", "resnetlab", *argv], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -26,10 +26,18 @@ def test_cifar_recipe_is_the_papers():
 
 
 def test_overrides_parse_types():
-    cfg = apply_overrides(get_preset("cifar10-resnet20"), [
-        "train.iterations=1_000", "optim.lr=0.05", "train.deterministic=true", "schedule.milestones=500,750",
-        "model.shortcut=B", "schedule.warmup_lr=0.01", "model.stride_in_1x1=none",
-    ])  # fmt: skip
+    cfg = apply_overrides(
+        get_preset("cifar10-resnet20"),
+        [
+            "train.iterations=1_000",
+            "optim.lr=0.05",
+            "train.deterministic=true",
+            "schedule.milestones=500,750",
+            "model.shortcut=B",
+            "schedule.warmup_lr=0.01",
+            "model.stride_in_1x1=none",
+        ],
+    )
     assert cfg.train.iterations == 1000 and cfg.optim.lr == 0.05 and cfg.train.deterministic is True
     assert cfg.schedule.milestones == [500, 750] and cfg.model.shortcut == "B" and cfg.schedule.warmup_lr == 0.01
     assert cfg.model.options() == {"shortcut": "B"}

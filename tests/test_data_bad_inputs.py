@@ -65,8 +65,11 @@ def test_missing_test_split_is_not_a_dataset(cifar_folder):
 
 def test_class_folders_must_agree_across_splits(cifar_folder):
     (cifar_folder / "test" / "k9").rename(cifar_folder / "test" / "k99")
-    _one_line_error(r"test: class folders differ from the training split's \(missing \['k9'\], extra \['k99'\]\)",
-                    "cifar10", cifar_folder)  # fmt: skip
+    _one_line_error(
+        r"test: class folders differ from the training split's \(missing \['k9'\], extra \['k99'\]\)",
+        "cifar10",
+        cifar_folder,
+    )
 
 
 def test_wrong_number_of_classes(data_env, tmp_path, image_folder):

@@ -54,8 +54,15 @@ def test_batch_augment_equals_the_per_image_definition():
 
 def test_crop_offsets_cover_minus4_to_4_and_flips_are_about_half():
     images = coordinate_images(4000)
-    loader = InMemoryLoader(images, torch.zeros(4000, dtype=torch.long), batch_size=100, mean=torch.zeros(3, 32, 32),
-                            train=True, scale=1.0, seed=0)  # fmt: skip
+    loader = InMemoryLoader(
+        images,
+        torch.zeros(4000, dtype=torch.long),
+        batch_size=100,
+        mean=torch.zeros(3, 32, 32),
+        train=True,
+        scale=1.0,
+        seed=0,
+    )
     batches = list(loader)
     x = torch.cat([b[0] for b in batches])
     offsets, flips = recover(x)
@@ -85,16 +92,18 @@ def test_output_dtype_shape_and_mean_subtraction():
 
 def test_training_order_without_augmentation():
     images = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
-    loader = InMemoryLoader(images, torch.arange(64), batch_size=16, mean=torch.zeros(1, 8, 8), train=True,
-                            augment=False, scale=1.0)  # fmt: skip
+    loader = InMemoryLoader(
+        images, torch.arange(64), batch_size=16, mean=torch.zeros(1, 8, 8), train=True, augment=False, scale=1.0
+    )
     x, y = next(iter(loader))
     assert not torch.equal(y, torch.arange(16)) and torch.equal(x, images[y].float())  # shuffled, not augmented
 
 
 def test_grayscale_28x28_keeps_its_size_with_one_channel():
     images = coordinate_images(64, size=28)[:, :1]
-    loader = InMemoryLoader(images, torch.zeros(64, dtype=torch.long), batch_size=32, mean=torch.zeros(1, 28, 28),
-                            train=True)  # fmt: skip
+    loader = InMemoryLoader(
+        images, torch.zeros(64, dtype=torch.long), batch_size=32, mean=torch.zeros(1, 28, 28), train=True
+    )
     x, _ = next(iter(loader))
     assert x.shape == (32, 1, 28, 28)
 

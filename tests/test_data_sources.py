@@ -52,8 +52,15 @@ def test_not_found_names_every_place_and_the_remedy(data_env, tmp_path, monkeypa
         locate("cifar10", empty, download=False)
     message = str(err.value)
     assert "\n" not in message
-    for part in (str(empty), str(tmp_path), "cifar-10-batches-py/", "cifar10-jpeg.tar.gz", "downloading is off",
-                 "--data-dir", "RESNETLAB_DATA"):  # fmt: skip
+    for part in (
+        str(empty),
+        str(tmp_path),
+        "cifar-10-batches-py/",
+        "cifar10-jpeg.tar.gz",
+        "downloading is off",
+        "--data-dir",
+        "RESNETLAB_DATA",
+    ):
         assert part in message
 
 

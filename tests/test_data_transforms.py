@@ -60,8 +60,9 @@ def test_imagenet_train_pipeline_output():
     mean = torch.full((3, 224, 224), 100.0)
     out = imagenet_train_transform(mean)(torch.randint(0, 256, (3, 300, 500), dtype=torch.uint8))
     assert out.shape == (3, 224, 224) and out.dtype == torch.float32
-    per_channel = imagenet_train_transform(torch.tensor([120.0, 110, 100]), std=torch.tensor([60.0, 60, 60]),
-                                           lighting_std=0)  # fmt: skip
+    per_channel = imagenet_train_transform(
+        torch.tensor([120.0, 110, 100]), std=torch.tensor([60.0, 60, 60]), lighting_std=0
+    )
     flat = per_channel(torch.full((3, 260, 260), 180, dtype=torch.uint8))
     assert torch.allclose(flat[:, 0, 0], torch.tensor([1.0, 70 / 60, 80 / 60]))
 
@@ -146,16 +147,18 @@ def test_dataloader_path_over_an_image_folder(data_env, tmp_path, image_folder):
     assert len(batches) == 4 and batches[0][0].shape == (4, 3, 32, 32) and batches[0][1].dtype == torch.int64
     loader.sampler.set_epoch(1)
     assert not torch.equal(torch.cat([y for _, y in loader]), torch.cat([y for _, y in batches]))
-    evaluation = make_loader(FileDataset(val, center_view(mean, resize=36, crop=32)), batch_size=4, train=False,
-                             workers=0)  # fmt: skip
+    evaluation = make_loader(
+        FileDataset(val, center_view(mean, resize=36, crop=32)), batch_size=4, train=False, workers=0
+    )
     assert torch.cat([y for _, y in evaluation]).tolist() == val.labels  # every image once, in order
 
 
 def test_dataloader_with_worker_processes(data_env, tmp_path, image_folder):
     made = image_folder(tmp_path, classes=("a", "b"), counts={"train": 4, "val": 2}, eval_split="val")
     index = index_folder(made["root"] / "train")
-    loader = make_loader(FileDataset(index, cifar_test_transform(torch.zeros(3, 32, 32))), batch_size=3, train=False,
-                         workers=2)  # fmt: skip
+    loader = make_loader(
+        FileDataset(index, cifar_test_transform(torch.zeros(3, 32, 32))), batch_size=3, train=False, workers=2
+    )
     assert loader.persistent_workers and sum(len(y) for _, y in loader) == 8
 
 

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_train import metrics, write_idx
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -28,11 +27,30 @@ def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
     # Global batch 32: two ranks of 16, or one process whose BN uses groups of 16 (model.bn_group), which
     # is what per-rank BN statistics are. Same data order and augmentation: both split one global batch.
     args = [
-        "-m", "resnetlab", "train", "--preset", "fashion-mnist-resnet20", "--data-dir", str(data),
-        "--iterations", "12", "--eval-every", "3", "--batch-size", "32",
-        "--set", "model.name=cifar_resnet8", "--set", "model.bn_group=16", "--set", "train.log_every=3",
-        "--set", "schedule.milestones=6,9", "--set", "data.augment=true",
-    ]  # fmt: skip
+        "-m",
+        "resnetlab",
+        "train",
+        "--preset",
+        "fashion-mnist-resnet20",
+        "--data-dir",
+        str(data),
+        "--iterations",
+        "12",
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "32",
+        "--set",
+        "model.name=cifar_resnet8",
+        "--set",
+        "model.bn_group=16",
+        "--set",
+        "train.log_every=3",
+        "--set",
+        "schedule.milestones=6,9",
+        "--set",
+        "data.augment=true",
+    ]
     _run([sys.executable, *args, "--out", str(tmp_path / "one")], tmp_path)
     _run([*TORCHRUN, "--nproc_per_node=2", *args, "--out", str(tmp_path / "two")], tmp_path)
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")

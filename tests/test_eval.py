@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import metrics, tiny_config, write_idx
 from torch import nn
 
 from resnetlab.cli import main
@@ -31,7 +32,6 @@ from resnetlab.evaluation import (
 )
 from resnetlab.models import create_model
 from resnetlab.presets import get_preset
-from test_train import metrics, tiny_config, write_idx
 
 
 @torch.no_grad()
@@ -63,19 +63,30 @@ def make_checkpoint(
     """A checkpoint dict as training writes one, built directly: a random network with calibrated BN."""
     torch.manual_seed(seed)
     classes = classes or ["cat", "dog", "frog"]
-    net = calibrate(create_model(model, num_classes=len(classes), in_channels=channels), torch.randn(16, channels, size, size))
-    config = RunConfig(model=ModelConfig(name=model), data=DataConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, val_split=val_split))
+    net = calibrate(
+        create_model(model, num_classes=len(classes), in_channels=channels), torch.randn(16, channels, size, size)
+    )
+    config = RunConfig(
+        model=ModelConfig(name=model),
+        data=DataConfig(dataset=dataset, data_dir=str(data_dir) if data_dir else None, val_split=val_split),
+    )
     mean = torch.rand(channels, size, size) * 255
     view = "center" if dataset == "imagefolder" else "single"
     state = {
-        "model": net.state_dict(), "config": config.to_dict(), "classes": classes, "mean": mean, "dataset": dataset,
+        "model": net.state_dict(),
+        "config": config.to_dict(),
+        "classes": classes,
+        "mean": mean,
+        "dataset": dataset,
         "preprocessing": {"scale": 1 / 255, "image_size": [size, size], "channels": channels, "view": view},
         "iteration": 0,
-    }  # fmt: skip
+    }
     return save_checkpoint(state, path)
 
 
-def write_val_folder(root: Path, counts: tuple[int, ...] = (3, 2, 2), classes: tuple[str, ...] = ("cat", "dog", "frog")) -> Path:
+def write_val_folder(
+    root: Path, counts: tuple[int, ...] = (3, 2, 2), classes: tuple[str, ...] = ("cat", "dog", "frog")
+) -> Path:
     """An ImageNet-layout folder: train/ (2 per class) and val/ (``counts``) of JPEG and PNG images of varied
     sizes, each class a distinct colour so that a network can tell them apart."""
     rng = np.random.default_rng(0)
@@ -106,7 +117,9 @@ def trained_run(tmp_path_factory):
 
 
 def pre_for(size: int = 16, channels: int = 3, view: str = "center") -> Preprocessing:
-    return Preprocessing(mean=torch.rand(channels, size, size) * 255, image_size=(size, size), channels=channels, view=view)
+    return Preprocessing(
+        mean=torch.rand(channels, size, size) * 255, image_size=(size, size), channels=channels, view=view
+    )
 
 
 def test_paper_geometry_at_224_and_scaled_at_other_sizes():
@@ -172,8 +185,17 @@ def test_every_view_on_an_image_folder(tmp_path, view, per_image):
     bundle = load_bundle(ckpt)
     data = eval_data(bundle.preprocessing, view, bundle.data, workers=0)
     counting = Counting(bundle.model)
-    again = evaluate_model(counting, data.batches, bundle.preprocessing, bundle.classes, model="m", dataset="d",
-                           split="test", view=view, views_per_image=per_image)  # fmt: skip
+    again = evaluate_model(
+        counting,
+        data.batches,
+        bundle.preprocessing,
+        bundle.classes,
+        model="m",
+        dataset="d",
+        split="test",
+        view=view,
+        views_per_image=per_image,
+    )
     assert counting.images == 7 * per_image
     assert again.confusion == result.confusion and again.loss == pytest.approx(result.loss, rel=1e-6)
 
@@ -183,13 +205,22 @@ def test_in_memory_views_batch_images_together(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
     data = write_idx(tmp_path / "fashion-mnist", n_train=20, n_test=13)
     classes = [f"c{i}" for i in range(10)]
-    ckpt = make_checkpoint(tmp_path / "c.pt", dataset="fashion-mnist", data_dir=data, classes=classes, channels=1, size=28)
+    ckpt = make_checkpoint(
+        tmp_path / "c.pt", dataset="fashion-mnist", data_dir=data, classes=classes, channels=1, size=28
+    )
     for view in ("multiscale", "10crop", "center"):
-        batched, alone = evaluate_checkpoint(ckpt, view=view, batch_size=5), evaluate_checkpoint(ckpt, view=view, batch_size=1)
+        batched, alone = (
+            evaluate_checkpoint(ckpt, view=view, batch_size=5),
+            evaluate_checkpoint(ckpt, view=view, batch_size=1),
+        )
         assert batched.images == alone.images == 13 and batched.confusion == alone.confusion
         assert batched.loss == pytest.approx(alone.loss, rel=1e-5)
     with pytest.raises(UserError, match="--batch-size must be 1"):
-        evaluate_checkpoint(make_checkpoint(tmp_path / "f.pt", data_dir=write_val_folder(tmp_path / "im")), view="multiscale", batch_size=4)
+        evaluate_checkpoint(
+            make_checkpoint(tmp_path / "f.pt", data_dir=write_val_folder(tmp_path / "im")),
+            view="multiscale",
+            batch_size=4,
+        )
 
 
 def test_eval_of_a_trained_run_gives_the_run_its_own_numbers(trained_run, monkeypatch):
@@ -214,10 +245,19 @@ def test_eval_of_a_streamed_imagenet_layout_run_gives_its_numbers(tmp_path, monk
     evaluates on the centre view by default, as training evaluated it, and on every other view."""
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
     folder = write_val_folder(tmp_path / "imagenet")
-    config = apply_overrides(get_preset("imagenet-resnet18"), [
-        f"data.data_dir={folder}", "data.num_workers=0", "model.name=cifar_resnet8", "optim.batch_size=3",
-        "train.iterations=4", "train.eval_every=4", "train.checkpoint_every=4", "train.deterministic=true",
-    ])  # fmt: skip
+    config = apply_overrides(
+        get_preset("imagenet-resnet18"),
+        [
+            f"data.data_dir={folder}",
+            "data.num_workers=0",
+            "model.name=cifar_resnet8",
+            "optim.batch_size=3",
+            "train.iterations=4",
+            "train.eval_every=4",
+            "train.checkpoint_every=4",
+            "train.deterministic=true",
+        ],
+    )
     train(config, tmp_path / "run", progress=False)
     last = [r for r in metrics(tmp_path / "run") if "test_top1_error" in r][-1]
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
@@ -248,7 +288,9 @@ def test_val_split_without_one_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
     data = write_idx(tmp_path / "fashion-mnist", n_train=40, n_test=11)
     classes = [f"c{i}" for i in range(10)]
-    ckpt = make_checkpoint(tmp_path / "c.pt", dataset="fashion-mnist", data_dir=data, classes=classes, channels=1, size=28)
+    ckpt = make_checkpoint(
+        tmp_path / "c.pt", dataset="fashion-mnist", data_dir=data, classes=classes, channels=1, size=28
+    )
     assert main(["eval", "--checkpoint", str(ckpt), "--split", "val", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no validation split" in err and "--split test" in err

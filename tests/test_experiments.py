@@ -15,7 +15,14 @@ from resnetlab.experiments.figures import figure_fig1, figure_fig6, figure_fig7,
 from resnetlab.models import create_model
 
 
-def fake_run(root: Path, net: str, seed: int, errors: list[tuple[float, float]], iterations: int = 400, val: list[float] | None = None) -> Path:
+def fake_run(
+    root: Path,
+    net: str,
+    seed: int,
+    errors: list[tuple[float, float]],
+    iterations: int = 400,
+    val: list[float] | None = None,
+) -> Path:
     """A run directory with config.json and one evaluation line per (train_error, test_error)."""
     config = experiment_config(net, iterations, seed, None)
     path = root / run_name(config.preset, iterations, seed)
@@ -24,7 +31,11 @@ def fake_run(root: Path, net: str, seed: int, errors: list[tuple[float, float]],
     (path / "env.json").write_text(json.dumps({"data_source": "/data/cifar10-jpeg.tar.gz (archive)"}))
     lines = []
     for i, (train_error, test_error) in enumerate(errors):
-        line = {"iteration": (i + 1) * iterations // len(errors), "train_error": train_error, "test_top1_error": test_error}
+        line = {
+            "iteration": (i + 1) * iterations // len(errors),
+            "train_error": train_error,
+            "test_top1_error": test_error,
+        }
         if val:
             line["val_top1_error"] = val[i]
         lines.append(json.dumps(line))
@@ -58,11 +69,16 @@ def test_lr_drops_scale_to_the_papers_fractions():
 
 
 def test_response_claims_pair_twins_and_consecutive_depths():
-    claims = cifar.response_claims({"plain20": 0.9, "plain56": 0.8, "resnet20": 0.5, "resnet32": 0.45, "resnet56": 0.47, "resnet110": 0.3})
+    claims = cifar.response_claims(
+        {"plain20": 0.9, "plain56": 0.8, "resnet20": 0.5, "resnet32": 0.45, "resnet56": 0.47, "resnet110": 0.3}
+    )
     assert claims == {
-        "resnet20 below plain20": True, "resnet56 below plain56": True,
-        "resnet32 below resnet20": True, "resnet56 below resnet32": False, "resnet110 below resnet56": True,
-    }  # fmt: skip
+        "resnet20 below plain20": True,
+        "resnet56 below plain56": True,
+        "resnet32 below resnet20": True,
+        "resnet56 below resnet32": False,
+        "resnet110 below resnet56": True,
+    }
 
 
 def test_no_train_draws_from_records_without_checkpoints(records, tmp_path, monkeypatch, capsys):
@@ -86,7 +102,10 @@ def test_curves_average_seeds(records):
 def test_figures_have_the_papers_panels_and_series(records):
     runs = _read(records)
     fig1 = figure_fig1(runs, "note")
-    assert [ax.get_title() for ax in fig1.axes] == ["training error: plain-20 vs plain-56", "test error: plain-20 vs plain-56"]
+    assert [ax.get_title() for ax in fig1.axes] == [
+        "training error: plain-20 vs plain-56",
+        "test error: plain-20 vs plain-56",
+    ]
     assert [len(ax.get_lines()) for ax in fig1.axes] == [2, 2]
     fig6 = figure_fig6(runs, "400 iterations")
     titles = [ax.get_title() for ax in fig6.axes]
@@ -97,16 +116,30 @@ def test_figures_have_the_papers_panels_and_series(records):
     assert "400 iterations" in fig6._suptitle.get_text()
     fig7 = figure_fig7({"plain20": [1.0, 3.0, 2.0]}, "test split")
     top, bottom = fig7.axes
-    assert list(top.get_lines()[0].get_ydata()) == [1.0, 3.0, 2.0] and list(bottom.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.0]
+    assert list(top.get_lines()[0].get_ydata()) == [1.0, 3.0, 2.0] and list(bottom.get_lines()[0].get_ydata()) == [
+        3.0,
+        2.0,
+        1.0,
+    ]
 
 
 def test_table6_leaves_out_unfinished_runs(records, tmp_path, capsys):
     fake_run(records, "resnet32", 0, [(0.5, 0.5)], iterations=400)
-    lines = (records / "cifar10-resnet32-it400-seed0" / "metrics.jsonl").read_text().replace('"iteration": 400', '"iteration": 100')
+    lines = (
+        (records / "cifar10-resnet32-it400-seed0" / "metrics.jsonl")
+        .read_text()
+        .replace('"iteration": 400', '"iteration": 100')
+    )
     (records / "cifar10-resnet32-it400-seed0" / "metrics.jsonl").write_text(lines)
-    assert main(["experiment", "table6", "--runs", str(records), "--out", str(tmp_path / "out"), "--iterations", "400"]) == 0
+    assert (
+        main(["experiment", "table6", "--runs", str(records), "--out", str(tmp_path / "out"), "--iterations", "400"])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "cifar10-resnet32-it400-seed0: left out, unfinished (100 of 400 iterations)" in out and "| resnet32 |" not in out
+    assert (
+        "cifar10-resnet32-it400-seed0: left out, unfinished (100 of 400 iterations)" in out
+        and "| resnet32 |" not in out
+    )
 
 
 def test_table6_from_records(records, tmp_path):
@@ -116,7 +149,10 @@ def test_table6_from_records(records, tmp_path):
     assert plain20.best == pytest.approx(25.0) and plain20.paper == "-" and plain20.parameters == 269_722
     assert rows["resnet20"].paper == "8.75" and rows["resnet20"].val_selected == pytest.approx(12.0)
     assert rows["resnet20"].data == "/data/cifar10-jpeg.tar.gz (archive)"
-    assert main(["experiment", "table6", "--runs", str(records), "--out", str(tmp_path / "out"), "--iterations", "400"]) == 0
+    assert (
+        main(["experiment", "table6", "--runs", str(records), "--out", str(tmp_path / "out"), "--iterations", "400"])
+        == 0
+    )
     markdown = (tmp_path / "out" / "table6.md").read_text()
     assert "| plain20 | 0.27M | 400 | 2 | 26.00 +- 1.41 | 25.00 | - | - |" in markdown
     assert (tmp_path / "out" / "table6.csv").read_text().startswith("network,parameters,iterations,seeds")
@@ -155,12 +191,16 @@ def test_a_killed_experiment_resumes_without_retraining_finished_runs(tmp_path, 
             (Path(out) / "checkpoints").mkdir(parents=True)
             (Path(out) / "checkpoints" / "last.pt").write_bytes(b"")
             (Path(out) / "config.json").write_text(config.to_json())
-            (Path(out) / "metrics.jsonl").write_text(json.dumps({"iteration": 2, "train_error": 0.5, "test_top1_error": 0.5}) + "\n")
+            (Path(out) / "metrics.jsonl").write_text(
+                json.dumps({"iteration": 2, "train_error": 0.5, "test_top1_error": 0.5}) + "\n"
+            )
             raise KeyboardInterrupt  # killed in the middle of the second run
         Path(out, "checkpoints").mkdir(parents=True, exist_ok=True)
         Path(out, "checkpoints", "last.pt").write_bytes(b"")
         Path(out, "config.json").write_text(config.to_json())
-        Path(out, "metrics.jsonl").write_text(json.dumps({"iteration": 4, "train_error": 0.4, "test_top1_error": 0.45}) + "\n")
+        Path(out, "metrics.jsonl").write_text(
+            json.dumps({"iteration": 4, "train_error": 0.4, "test_top1_error": 0.45}) + "\n"
+        )
         return {"iteration": 4}
 
     monkeypatch.setattr(cifar, "train", fake_train)

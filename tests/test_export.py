@@ -17,6 +17,7 @@ from resnetlab.deploy import FORMAT, conv_bn_pairs, export_model, fold_batchnorm
 from resnetlab.errors import UserError
 from resnetlab.evaluation import evaluate_checkpoint
 from resnetlab.models import create_model
+
 from numerics import assert_close_to_scale, seeded_randn
 from test_eval import calibrate, make_checkpoint, write_val_folder
 
@@ -115,7 +116,9 @@ def test_torchscript_carries_the_record(checkpoint, tmp_path):
 def test_missing_onnx_packages_give_one_clear_line(checkpoint, tmp_path, monkeypatch, missing):
     monkeypatch.setitem(sys.modules, missing, None)  # what an environment without the package gives
     # The first package found missing is named: onnx itself where it is not installed at all (as in CI).
-    with pytest.raises(UserError, match=rf"needs the optional package (onnx|{missing}): pip install 'resnetlab\[onnx\]'"):
+    with pytest.raises(
+        UserError, match=rf"needs the optional package (onnx|{missing}): pip install 'resnetlab\[onnx\]'"
+    ):
         export_model(checkpoint, "onnx", tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
 
@@ -123,5 +126,8 @@ def test_missing_onnx_packages_give_one_clear_line(checkpoint, tmp_path, monkeyp
 def test_export_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(UserError, match="unknown export format"):
         export_model(checkpoint, "tflite", tmp_path / "m")
-    assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--format", "onnx", "--out", str(tmp_path / "m")]) == 2
+    assert (
+        main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--format", "onnx", "--out", str(tmp_path / "m")])
+        == 2
+    )
     assert "no checkpoint at" in capsys.readouterr().err

@@ -13,10 +13,18 @@ from PIL import Image
 from torchvision.models import ResNet50_Weights
 
 from resnetlab.cli import main
-from resnetlab.deploy import export_model, imagenet_classes, import_torchvision, load_bundle, predict_images, read_bundle
+from resnetlab.deploy import (
+    export_model,
+    imagenet_classes,
+    import_torchvision,
+    load_bundle,
+    predict_images,
+    read_bundle,
+)
 from resnetlab.engine import load_checkpoint
 from resnetlab.errors import UserError
 from resnetlab.evaluation import view_transform
+
 from numerics import assert_close_to_scale, seeded_randn
 from test_eval import calibrate
 
@@ -46,7 +54,10 @@ def test_imported_weights_give_torchvisions_outputs(torchvision_file, tmp_path, 
     assert main(["import-weights", "torchvision", str(path), "--model", "resnet50", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     state = load_checkpoint(out)  # a plain checkpoint: weights_only
-    assert state["config"]["model"] | {"name": "resnet50", "shortcut": "B", "stride_in_1x1": False} == state["config"]["model"]
+    assert (
+        state["config"]["model"] | {"name": "resnet50", "shortcut": "B", "stride_in_1x1": False}
+        == state["config"]["model"]
+    )
     assert state["classes"] == imagenet_classes() and len(state["classes"]) == 1000 and state["classes"][0] == "tench"
     assert state["preprocessing"]["view"] == "center" and state["preprocessing"]["resize"] == 256
     assert state["preprocessing"]["std"] == pytest.approx([58.395, 57.12, 57.375])
@@ -93,16 +104,24 @@ def test_imported_checkpoint_exports_with_its_std(torchvision_file, tmp_path):
 def test_mismatched_files_are_refused_with_one_line(tmp_path, capsys):
     resnet18 = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet18)
-    with pytest.raises(UserError, match=r"not a torchvision resnet50 state dict: keys 198 missing \(layer1.0.conv3.weight"):
+    with pytest.raises(
+        UserError, match=r"not a torchvision resnet50 state dict: keys 198 missing \(layer1.0.conv3.weight"
+    ):
         import_torchvision(resnet18, "resnet50", tmp_path / "x.pt")
     ten = tmp_path / "resnet18-10.pth"
     torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), ten)
     with pytest.raises(UserError, match=r"fc.weight is \(10, 512\) there, \(1000, 512\) in resnet18"):
         import_torchvision(ten, "resnet18", tmp_path / "x.pt")
     for argv, message in [
-        (["import-weights", "torchvision", str(tmp_path / "missing.pth"), "--model", "resnet18", "--out", "x"], "no checkpoint at"),
-        (["import-weights", "torchvision", str(resnet18), "--model", "resnet50", "--out", str(tmp_path / "x")], "missing"),
-    ]:  # fmt: skip
+        (
+            ["import-weights", "torchvision", str(tmp_path / "missing.pth"), "--model", "resnet18", "--out", "x"],
+            "no checkpoint at",
+        ),
+        (
+            ["import-weights", "torchvision", str(resnet18), "--model", "resnet50", "--out", str(tmp_path / "x")],
+            "missing",
+        ),
+    ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
@@ -125,7 +144,18 @@ def test_imported_checkpoint_evaluates_on_an_imagenet_layout(tmp_path, capsys):
             folder = root / split / f"n{i:08d}"
             folder.mkdir(parents=True)
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / "a.png")
-    argv = ["eval", "--checkpoint", str(out), "--data-dir", str(root), "--json", "--workers", "0", "--out", str(tmp_path / "e")]
+    argv = [
+        "eval",
+        "--checkpoint",
+        str(out),
+        "--data-dir",
+        str(root),
+        "--json",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "e"),
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)

@@ -8,6 +8,7 @@ import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from resnetlab.models import create_model
+
 from numerics import assert_close_to_scale, seeded_randn
 
 DEPTHS = (18, 34, 50, 101, 152)
@@ -53,8 +54,11 @@ def test_stage_outputs_imagenet():
         "conv5_x": (1, 2048, 7, 7),
     }  # Table 1's output sizes
     assert [(f.name, f.channels, f.reduction) for f in model.feature_info] == [
-        ("conv2_x", 256, 4), ("conv3_x", 512, 8), ("conv4_x", 1024, 16), ("conv5_x", 2048, 32),
-    ]  # fmt: skip
+        ("conv2_x", 256, 4),
+        ("conv3_x", 512, 8),
+        ("conv4_x", 1024, 16),
+        ("conv5_x", 2048, 32),
+    ]
 
 
 def test_stage_outputs_cifar():

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import resnetlab
-from numerics import assert_close_to_scale, seeded_randn
 from resnetlab.models import (
     BasicBlock,
     Bottleneck,
@@ -24,6 +23,8 @@ from resnetlab.models import (
     model_info,
     register_model,
 )
+
+from numerics import assert_close_to_scale, seeded_randn
 
 ALL = list_models()
 
@@ -103,8 +104,12 @@ def test_registry_refuses_duplicates():
 
 def test_defaults_are_the_papers():
     assert model_info("resnet50").options == {
-        "shortcut": Shortcut.B, "stride_in_1x1": True, "zero_init_residual": False, "num_classes": 1000, "in_channels": 3,
-    }  # fmt: skip
+        "shortcut": Shortcut.B,
+        "stride_in_1x1": True,
+        "zero_init_residual": False,
+        "num_classes": 1000,
+        "in_channels": 3,
+    }
     assert model_info("resnet56").options["shortcut"] is Shortcut.A
     assert not create_model("resnet56").layer1[0].bn2.weight.eq(0).any()
 
@@ -114,11 +119,25 @@ def test_shortcut_options_a_b_c():
         return [type(b.downsample).__name__ for stage in model.stages for b in stage]
 
     assert shortcut_types(create_model("resnet18", shortcut="A")) == [
-        "NoneType", "NoneType", "ZeroPadShortcut", "NoneType", "ZeroPadShortcut", "NoneType", "ZeroPadShortcut", "NoneType",
-    ]  # fmt: skip
+        "NoneType",
+        "NoneType",
+        "ZeroPadShortcut",
+        "NoneType",
+        "ZeroPadShortcut",
+        "NoneType",
+        "ZeroPadShortcut",
+        "NoneType",
+    ]
     assert shortcut_types(create_model("resnet18")) == [
-        "NoneType", "NoneType", "Sequential", "NoneType", "Sequential", "NoneType", "Sequential", "NoneType",
-    ]  # fmt: skip
+        "NoneType",
+        "NoneType",
+        "Sequential",
+        "NoneType",
+        "Sequential",
+        "NoneType",
+        "Sequential",
+        "NoneType",
+    ]
     assert set(shortcut_types(create_model("resnet18", shortcut="c"))) == {"Sequential"}  # every block
     assert shortcut_types(create_model("resnet20", shortcut="B")).count("Sequential") == 2
 

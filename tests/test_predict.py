@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from resnetlab.cli import main
 from resnetlab.deploy import load_bundle, predict_images, read_bundle
+
 from test_eval import make_checkpoint, trained_run  # noqa: F401  (a fixture)
 
 
@@ -109,8 +110,10 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, images, capsys):
 def test_command_line_errors_have_no_traceback(tmp_path, images):
     evil = tmp_path / "evil.pt"
     torch.save({"model": Evil(str(tmp_path / "pwned"))}, evil)
-    for argv in (["predict", "--checkpoint", str(evil), str(images / "photo.jpg")],
-                 ["eval", "--checkpoint", str(tmp_path / "missing.pt")]):  # fmt: skip
+    for argv in (
+        ["predict", "--checkpoint", str(evil), str(images / "photo.jpg")],
+        ["eval", "--checkpoint", str(tmp_path / "missing.pt")],
+    ):
         proc = subprocess.run([sys.executable, "-m", "resnetlab", *argv], capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "error:" in proc.stderr

@@ -11,8 +11,14 @@ from resnetlab.presets import get_preset
 def _from_preset(name: str) -> LRSchedule:
     cfg = get_preset(name)
     s = cfg.schedule
-    return LRSchedule(cfg.optim.lr, kind=s.kind, milestones=s.milestones, gamma=s.gamma, warmup_lr=s.warmup_lr,
-                      warmup_until_error=s.warmup_until_error)  # fmt: skip
+    return LRSchedule(
+        cfg.optim.lr,
+        kind=s.kind,
+        milestones=s.milestones,
+        gamma=s.gamma,
+        warmup_lr=s.warmup_lr,
+        warmup_until_error=s.warmup_until_error,
+    )
 
 
 def test_cifar_steps_at_32k_and_48k():

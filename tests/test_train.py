@@ -48,11 +48,23 @@ def data_dir(tmp_path, monkeypatch):
 def tiny_config(data_dir: Path, *extra: str):
     # 256 images / batch 32 = 8 steps per epoch; checkpoints every 4, so iteration 6 is mid-epoch and
     # between checkpoints.
-    return apply_overrides(get_preset("fashion-mnist-resnet20"), [
-        f"data.data_dir={data_dir}", "model.name=cifar_resnet8", "optim.batch_size=32", "train.iterations=20",
-        "train.eval_every=5", "train.checkpoint_every=4", "train.log_every=2", "schedule.milestones=10,15",
-        "train.deterministic=true", "train.seed=3", "data.augment=true", *extra,
-    ])  # fmt: skip
+    return apply_overrides(
+        get_preset("fashion-mnist-resnet20"),
+        [
+            f"data.data_dir={data_dir}",
+            "model.name=cifar_resnet8",
+            "optim.batch_size=32",
+            "train.iterations=20",
+            "train.eval_every=5",
+            "train.checkpoint_every=4",
+            "train.log_every=2",
+            "schedule.milestones=10,15",
+            "train.deterministic=true",
+            "train.seed=3",
+            "data.augment=true",
+            *extra,
+        ],
+    )
 
 
 def metrics(run: Path) -> list[dict]:
@@ -196,7 +208,9 @@ def test_resume_from_a_file_that_is_not_a_training_checkpoint(tmp_path, data_dir
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "resnetlab", *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "resnetlab", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.mark.parametrize(
@@ -219,10 +233,23 @@ def test_train_cli_errors_are_one_line(tmp_path, args, message):
 def test_train_cli_runs_and_plots(tmp_path, data_dir):
     out = tmp_path / "run"
     proc = _cli(
-        "train", "--preset", "fashion-mnist-resnet20", "--data-dir", str(data_dir), "--out", str(out),
-        "--iterations", "6", "--eval-every", "3", "--batch-size", "32", "--set", "model.name=cifar_resnet8",
+        "train",
+        "--preset",
+        "fashion-mnist-resnet20",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        "--iterations",
+        "6",
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "32",
+        "--set",
+        "model.name=cifar_resnet8",
         env={"RESNETLAB_CACHE": str(tmp_path / "cache")},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     assert "final test error" in proc.stdout
     assert (out / "curves.png").exists()

@@ -22,7 +22,9 @@ pytestmark = [
 
 
 def test_resnet20_learns_cifar10(tmp_path):
-    config = apply_overrides(get_preset("cifar10-resnet20"), ["train.iterations=300", "train.eval_every=300", "schedule.milestones=200,250"])
+    config = apply_overrides(
+        get_preset("cifar10-resnet20"), ["train.iterations=300", "train.eval_every=300", "schedule.milestones=200,250"]
+    )
     result = train(config, tmp_path / "run", progress=False)
     assert result["test_images"] == 10_000
     assert result["test_top1_error"] < 0.6, result

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import metrics
 
 import resnetlab.engine.trainer as trainer
 from resnetlab.config import apply_overrides
 from resnetlab.engine import load_checkpoint, train
 from resnetlab.presets import get_preset
-from test_train import metrics
 
 
 def write_folder(root: Path, per_class: dict[str, int]) -> None:
@@ -41,11 +41,20 @@ def config(folder: Path):
     # An ImageNet preset, shrunk: the paper's pipeline (scale augmentation, 224 crops, PCA colour noise,
     # centre-view evaluation) on 24 files, with a tiny network. Workers 0: augmentation draws from the
     # main process's RNG, which the checkpoint restores, so even this path resumes exactly.
-    return apply_overrides(get_preset("imagenet-resnet18"), [
-        f"data.data_dir={folder}", "data.num_workers=0", "model.name=cifar_resnet8", "optim.batch_size=4",
-        "train.iterations=8", "train.eval_every=4", "train.checkpoint_every=2", "train.log_every=2",
-        "train.deterministic=true",
-    ])  # fmt: skip
+    return apply_overrides(
+        get_preset("imagenet-resnet18"),
+        [
+            f"data.data_dir={folder}",
+            "data.num_workers=0",
+            "model.name=cifar_resnet8",
+            "optim.batch_size=4",
+            "train.iterations=8",
+            "train.eval_every=4",
+            "train.checkpoint_every=2",
+            "train.log_every=2",
+            "train.deterministic=true",
+        ],
+    )
 
 
 def test_imagenet_preset_streams_files_and_resumes(folder, tmp_path, monkeypatch):

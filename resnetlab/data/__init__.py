@@ -16,8 +16,8 @@ from .loaders import FileDataset, ShardSampler, make_loader, open_image_folder, 
 from .readers import FolderIndex, index_folder
 from .report import describe, format_report
 from .sources import SPECS, DatasetSpec, Source, dataset_names, locate
-from .stream import ResumableSampler, StreamLoader
 from .stats import ImageStats, folder_statistics, tensor_statistics
+from .stream import ResumableSampler, StreamLoader
 from .transforms import (
     IMAGENET_CHANNEL_MEAN,
     IMAGENET_CHANNEL_STD,

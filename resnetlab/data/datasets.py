@@ -137,14 +137,21 @@ def _decode_source(
         raise UserError(f"{root / 'train'}: {found} class folders; {spec.name} has {spec.num_classes}")
     out = {}
     for split in ("train", spec.eval_split):
-        index = train_index if split == "train" else index_folder(
-            root / split, on_bad_image=on_bad_image, classes=train_index.classes
-        )  # fmt: skip
+        index = (
+            train_index
+            if split == "train"
+            else index_folder(root / split, on_bad_image=on_bad_image, classes=train_index.classes)
+        )
         images, labels, skipped = decode_files(
-            index.files, index.labels, channels=spec.channels, size=image_size or spec.image_size,
-            resize=image_size is not None, on_bad_image=on_bad_image, progress=progress,
+            index.files,
+            index.labels,
+            channels=spec.channels,
+            size=image_size or spec.image_size,
+            resize=image_size is not None,
+            on_bad_image=on_bad_image,
+            progress=progress,
             desc=f"{spec.name} {split}: decoding {len(index.files)} images (once; cached)",
-        )  # fmt: skip
+        )
         out[split] = (images, labels, len(skipped))
     return out, train_index.classes
 

@@ -149,9 +149,10 @@ def decode_files(
             expected = out.shape[-2:] if out is not None else ((size, size) if size else image.shape[-2:])
             if tuple(image.shape[-2:]) != tuple(expected):
                 raise BadImage(
-                    path, f"is {image.shape[-1]}x{image.shape[-2]}, not {expected[1]}x{expected[0]} like the others "
+                    path,
+                    f"is {image.shape[-1]}x{image.shape[-2]}, not {expected[1]}x{expected[0]} like the others "
                     "(load it with image_size=S to resize every image)",
-                )  # fmt: skip
+                )
         except BadImage as bad:
             if on_bad_image == "error":
                 raise UserError(f"{bad.path}: {bad.reason}; {SKIP_HINT}") from None

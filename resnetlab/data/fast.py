@@ -192,5 +192,3 @@ class InMemoryLoader(LoaderPosition):
             # Advance before yielding: a state_dict() taken while the batch is in use resumes after it.
             self.epoch, self.position = (epoch + 1, 0) if position + 1 == n else (epoch, position + 1)
             yield batch
-
-

@@ -117,10 +117,16 @@ def make_loader(
     elif sampler is None:
         sampler = ShardSampler(len(dataset), rank, world)  # type: ignore[arg-type]
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_skipping,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skipping,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=workers > 0, drop_last=train, generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+        persistent_workers=workers > 0,
+        drop_last=train,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def open_image_folder(

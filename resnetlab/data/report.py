@@ -124,12 +124,17 @@ def format_report(info: dict[str, Any]) -> str:
     found = f"{src['format']} at {src['path']} (via {src['found_via']})" if src else "synthetic"
     lines = [f"{info['dataset']}: {found}"]
     colour = {3: "RGB", 1: "grayscale"}.get(info["channels"], f"{info['channels']} channels")
-    lines.append(f"images: {_size_text(info['image_size'])}, {info['channels']} channel(s) ({colour}), "
-                 f"{len(info['classes'])} classes")  # fmt: skip
+    lines.append(
+        f"images: {_size_text(info['image_size'])}, {info['channels']} channel(s) ({colour}), "
+        f"{len(info['classes'])} classes"
+    )
     splits = info["splits"]
     skipped = sum(s["skipped"] for s in splits.values())
-    lines.append("splits: " + ", ".join(f"{k} {v['images']:,}" for k, v in splits.items())
-                 + (f"; {skipped} bad image(s) skipped" if skipped else ""))  # fmt: skip
+    lines.append(
+        "splits: "
+        + ", ".join(f"{k} {v['images']:,}" for k, v in splits.items())
+        + (f"; {skipped} bad image(s) skipped" if skipped else "")
+    )
     width = max(len("class"), *(len(c) for c in info["classes"]))
     lines.append("")
     lines.append(f"  {'label':>5}  {'class':<{width}}" + "".join(f"  {k:>7}" for k in splits))

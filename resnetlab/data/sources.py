@@ -27,8 +27,17 @@ _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "fro
 # torchvision's FashionMNIST.classes and MNIST.classes, written out so that listing the datasets (the CLI's
 # parser) does not import torchvision.
 _FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 _MNIST_CLASSES = tuple(f"{i} - {w}" for i, w in enumerate("zero one two three four five six seven eight nine".split()))
 
 
@@ -71,29 +80,57 @@ SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec(
-            "cifar10", channels=3, image_size=32, num_classes=10, python_folder="cifar-10-batches-py",
+            "cifar10",
+            channels=3,
+            image_size=32,
+            num_classes=10,
+            python_folder="cifar-10-batches-py",
             folders=("cifar10-jpeg", "cifar10"),
             archives={"cifar10-jpeg.tar.gz": "1fab6e733a06cc26af0ccd8cfea06054bfe6fe3f0a1a296b26aac44a058c45ac"},
-            download="CIFAR10", classes=_CIFAR10_CLASSES,
+            download="CIFAR10",
+            classes=_CIFAR10_CLASSES,
         ),
         DatasetSpec(
-            "cifar100", channels=3, image_size=32, num_classes=100, python_folder="cifar-100-python",
-            folders=("cifar100-jpeg", "cifar100"), download="CIFAR100",
+            "cifar100",
+            channels=3,
+            image_size=32,
+            num_classes=100,
+            python_folder="cifar-100-python",
+            folders=("cifar100-jpeg", "cifar100"),
+            download="CIFAR100",
         ),
         DatasetSpec(
-            "fashion-mnist", channels=1, image_size=28, num_classes=10, idx=True,
-            folders=("fashion-mnist", "FashionMNIST/raw"), system_dir=Path("/usr/share/datasets/fashion-mnist"),
-            download="FashionMNIST", classes=_FASHION_MNIST_CLASSES,
+            "fashion-mnist",
+            channels=1,
+            image_size=28,
+            num_classes=10,
+            idx=True,
+            folders=("fashion-mnist", "FashionMNIST/raw"),
+            system_dir=Path("/usr/share/datasets/fashion-mnist"),
+            download="FashionMNIST",
+            classes=_FASHION_MNIST_CLASSES,
         ),
         DatasetSpec(
-            "mnist", channels=1, image_size=28, num_classes=10, idx=True, folders=("mnist", "MNIST/raw"),
-            system_dir=Path("/usr/share/datasets/mnist"), download="MNIST", classes=_MNIST_CLASSES,
+            "mnist",
+            channels=1,
+            image_size=28,
+            num_classes=10,
+            idx=True,
+            folders=("mnist", "MNIST/raw"),
+            system_dir=Path("/usr/share/datasets/mnist"),
+            download="MNIST",
+            classes=_MNIST_CLASSES,
         ),
         DatasetSpec(
-            "imagefolder", channels=3, image_size=None, num_classes=None, eval_split="val", folders=("imagenet",),
+            "imagefolder",
+            channels=3,
+            image_size=None,
+            num_classes=None,
+            eval_split="val",
+            folders=("imagenet",),
         ),
     )
-}  # fmt: skip
+}
 
 
 def dataset_names() -> list[str]:

@@ -22,7 +22,9 @@ from .loaders import FileDataset, make_loader
 __all__ = ["ResumableSampler", "StreamLoader", "to_device"]
 
 
-def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(
+    batch: tuple[torch.Tensor, torch.Tensor], device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A DataLoader batch (images, labels) on ``device``, images channels_last if asked."""
     images, labels = batch
     images = images.to(device, non_blocking=True)
@@ -65,8 +67,12 @@ class StreamLoader(LoaderPosition):
         world_size: int = 1,
     ) -> None:
         self.device, self.batch_size, self.channels_last = torch.device(device), batch_size, channels_last
-        self.sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.loader = make_loader(dataset, batch_size=batch_size, train=True, workers=workers, seed=seed, sampler=self.sampler)
+        self.sampler = ResumableSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.loader = make_loader(
+            dataset, batch_size=batch_size, train=True, workers=workers, seed=seed, sampler=self.sampler
+        )
         self.seed, self.epoch, self.position = seed, 0, 0
 
     def __len__(self) -> int:

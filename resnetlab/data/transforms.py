@@ -55,9 +55,7 @@ __all__ = [
 # fb.resnet.torch uses for AlexNet-style lighting noise ("computed from a random subset of ImageNet training
 # images"). Columns of IMAGENET_EIGVEC are the eigenvectors, in the order of IMAGENET_EIGVAL.
 IMAGENET_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
-IMAGENET_EIGVEC = torch.tensor(
-    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
-)
+IMAGENET_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 # Per-channel statistics (pixel units 0..255) for normalization="per-channel", the common departure
 # (PAPER.md Sec. 6): torchvision's ImageNet mean and std.
 IMAGENET_CHANNEL_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
@@ -126,13 +124,15 @@ class PCALighting(nn.Module):
 def cifar_train_transform(mean: torch.Tensor, *, pad: int = 4, scale: float = 1 / 255) -> v2.Compose:
     """Sec. 4.2's training augmentation for one image (uint8 tensor or PIL image in, float (C, H, W) out)."""
     size = mean.shape[-2:]
-    return v2.Compose([
-        v2.ToImage(),
-        v2.ToDtype(torch.float32),  # pixel units kept (no scaling) until SubtractMean
-        SubtractMean(mean, scale=scale),
-        v2.RandomCrop(list(size), padding=pad, fill=0),
-        v2.RandomHorizontalFlip(),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32),  # pixel units kept (no scaling) until SubtractMean
+            SubtractMean(mean, scale=scale),
+            v2.RandomCrop(list(size), padding=pad, fill=0),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
 
 
 def cifar_test_transform(mean: torch.Tensor, *, scale: float = 1 / 255) -> v2.Compose:
@@ -158,15 +158,17 @@ def imagenet_train_transform(
     ``IMAGENET_CHANNEL_MEAN``/``IMAGENET_CHANNEL_STD``). ``lighting_std=0`` turns the colour noise off.
     """
     low, high = scale_range
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomResize(low, high + 1, antialias=True),  # shorter side uniform in [low, high], aspect kept
-        v2.RandomCrop(crop),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32),
-        PCALighting(lighting_std, eigval, eigvec),
-        SubtractMean(mean, std=std, scale=scale),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResize(low, high + 1, antialias=True),  # shorter side uniform in [low, high], aspect kept
+            v2.RandomCrop(crop),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32),
+            PCALighting(lighting_std, eigval, eigvec),
+            SubtractMean(mean, std=std, scale=scale),
+        ]
+    )
 
 
 # --- test views (Sec. 3.4) ----------------------------------------------------------------------------
@@ -175,10 +177,15 @@ MULTISCALE_SIZES = (224, 256, 384, 480, 640)
 
 def center_view(mean: torch.Tensor, *, resize: int = 256, crop: int = 224, scale: float = 1 / 255) -> v2.Compose:
     """Image -> float (3, crop, crop): shorter side ``resize``, centre crop, mean subtracted."""
-    return v2.Compose([
-        v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(crop), v2.ToDtype(torch.float32),
-        SubtractMean(mean, scale=scale),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(crop),
+            v2.ToDtype(torch.float32),
+            SubtractMean(mean, scale=scale),
+        ]
+    )
 
 
 class _StackCrops(nn.Module):
@@ -189,10 +196,16 @@ class _StackCrops(nn.Module):
 def ten_crop_views(mean: torch.Tensor, *, resize: int = 256, crop: int = 224, scale: float = 1 / 255) -> v2.Compose:
     """Image -> float (10, 3, crop, crop): torchvision's TenCrop order (4 corners and centre: top-left,
     top-right, bottom-left, bottom-right, centre; then the same of the flipped image)."""
-    return v2.Compose([
-        v2.ToImage(), v2.Resize(resize, antialias=True), v2.TenCrop(crop), _StackCrops(), v2.ToDtype(torch.float32),
-        SubtractMean(mean, scale=scale),
-    ])  # fmt: skip
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, antialias=True),
+            v2.TenCrop(crop),
+            _StackCrops(),
+            v2.ToDtype(torch.float32),
+            SubtractMean(mean, scale=scale),
+        ]
+    )
 
 
 def multiscale_views(

@@ -82,8 +82,10 @@ def _from_checkpoint(path: Path) -> InferenceBundle:
     if missing:
         hint = ""
         if any(isinstance(v, torch.Tensor) for v in state.values()):
-            hint = ("; it looks like a bare state dict: for torchvision weights run "
-                    f"`resnetlab import-weights torchvision {path} --model resnetN --out FILE` first")  # fmt: skip
+            hint = (
+                "; it looks like a bare state dict: for torchvision weights run "
+                f"`resnetlab import-weights torchvision {path} --model resnetN --out FILE` first"
+            )
         raise UserError(f"{path} is not a resnetlab checkpoint (no {', '.join(repr(k) for k in missing)}){hint}")
     try:
         config = config_from_dict(state["config"])
@@ -92,12 +94,18 @@ def _from_checkpoint(path: Path) -> InferenceBundle:
         classes = [str(c) for c in state["classes"]]
         weights = clean_state_dict(dict(state["model"]))
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
-        raise UserError(f"{path}: unreadable model, config, classes or preprocessing entry ({type(err).__name__}: {err})") from None
+        raise UserError(
+            f"{path}: unreadable model, config, classes or preprocessing entry ({type(err).__name__}: {err})"
+        ) from None
     options = config.model.options()
     model = _build(config.model.name, options, len(classes), pre.channels)
     _load_strict(model, weights, path)
-    data = {"dataset": dataset, "data_dir": config.data.data_dir, "val_split": config.data.val_split,
-            "on_bad_image": config.data.on_bad_image}  # fmt: skip
+    data = {
+        "dataset": dataset,
+        "data_dir": config.data.data_dir,
+        "val_split": config.data.val_split,
+        "on_bad_image": config.data.on_bad_image,
+    }
     extra = {k: state[k] for k in ("iteration", "source") if k in state}
     return InferenceBundle(model.eval(), classes, pre, config.model.name, options, data, path, extra=extra)
 
@@ -114,8 +122,10 @@ def _from_safetensors(path: Path) -> InferenceBundle:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise UserError(f"{path} is a safetensors file but not a resnetlab export (format {meta.get('format')!r}, "
-                                f"expected {FORMAT!r})")  # fmt: skip
+                raise UserError(
+                    f"{path} is a safetensors file but not a resnetlab export (format {meta.get('format')!r}, "
+                    f"expected {FORMAT!r})"
+                )
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
@@ -127,14 +137,17 @@ def _from_safetensors(path: Path) -> InferenceBundle:
         pre = Preprocessing.from_record(record, tensors.pop(MEAN_KEY), data.get("dataset", ""))
         name, options, classes = str(net["name"]), dict(net.get("options", {})), [str(c) for c in classes]
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
-        raise UserError(f"{path}: unreadable model, classes or preprocessing entry ({type(err).__name__}: {err})") from None
+        raise UserError(
+            f"{path}: unreadable model, classes or preprocessing entry ({type(err).__name__}: {err})"
+        ) from None
     model = _build(name, options, len(classes), pre.channels)
     if net.get("bn_folded"):
         structure_for_folded(model)
     _load_strict(model, tensors, path)
     extra = _json_entry(meta, "extra", path) if "extra" in meta else {}
-    return InferenceBundle(model.eval(), classes, pre, name, options, data, path, folded=bool(net.get("bn_folded")),
-                           extra=extra)  # fmt: skip
+    return InferenceBundle(
+        model.eval(), classes, pre, name, options, data, path, folded=bool(net.get("bn_folded")), extra=extra
+    )
 
 
 def read_bundle(path: str | Path) -> InferenceBundle:
@@ -169,8 +182,13 @@ def load_bundle(
 
 def bundle_metadata(bundle: InferenceBundle, *, folded: bool) -> dict[str, str]:
     """The safetensors header of an export: JSON strings (the header holds strings only)."""
-    net = {"name": bundle.model_name, "options": bundle.model_options, "num_classes": len(bundle.classes),
-           "in_channels": bundle.preprocessing.channels, "bn_folded": folded}  # fmt: skip
+    net = {
+        "name": bundle.model_name,
+        "options": bundle.model_options,
+        "num_classes": len(bundle.classes),
+        "in_channels": bundle.preprocessing.channels,
+        "bn_folded": folded,
+    }
     return {
         "format": FORMAT,
         "model": json.dumps(net),

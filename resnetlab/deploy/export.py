@@ -87,8 +87,11 @@ def _atomic(out: Path) -> Iterator[Path]:
 def _record(bundle: InferenceBundle) -> dict[str, Any]:
     """The safetensors header as one JSON object, with the mean as a nested list (torchscript, onnx)."""
     meta = bundle_metadata(bundle, folded=True)
-    return {"format": meta.pop("format"), **{k: json.loads(v) for k, v in meta.items()},
-            MEAN_KEY: bundle.preprocessing.mean.tolist()}  # fmt: skip
+    return {
+        "format": meta.pop("format"),
+        **{k: json.loads(v) for k, v in meta.items()},
+        MEAN_KEY: bundle.preprocessing.mean.tolist(),
+    }
 
 
 def _write_safetensors(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
@@ -120,9 +123,16 @@ def _write_onnx(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
         raise UserError(f"ONNX export needs torch >= 2.5 (this is {torch.__version__})")
     dynamic = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     torch.onnx.export(
-        folded, (_example(bundle),), str(tmp), dynamo=True, external_data=False, verbose=False,
-        input_names=["images"], output_names=["logits"], dynamic_shapes=(dynamic,),
-    )  # fmt: skip
+        folded,
+        (_example(bundle),),
+        str(tmp),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes=(dynamic,),
+    )
     model = onnx.load(str(tmp))
     for key, value in _record(bundle).items():
         model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
@@ -184,7 +194,10 @@ def export_command(checkpoint: str | Path, fmt: str, out: str | Path) -> int:
         check = f"outputs vs the eager network: max |difference| {report.max_abs_diff:.2g} on random {shapes} inputs"
     print(f"wrote {report.path} ({report.format}, BN folded, {report.bytes / 1e6:.1f} MB); {check}")
     if not report.within_tolerance:
-        print(f"resnetlab export: error: {report.path}'s outputs differ from the checkpoint's by more than "
-              f"{TOLERANCE:g} x max(1, |output|)", file=sys.stderr)  # fmt: skip
+        print(
+            f"resnetlab export: error: {report.path}'s outputs differ from the checkpoint's by more than "
+            f"{TOLERANCE:g} x max(1, |output|)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -57,17 +57,20 @@ def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
         parts = ([f"{len(missing)} missing ({show(missing)})"] if missing else []) + (
             [f"{len(unexpected)} unexpected ({show(unexpected)})"] if unexpected else []
-        )  # fmt: skip
+        )
         raise UserError(f"{path} is not a torchvision {model} state dict: keys {'; '.join(parts)}")
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
-            raise UserError(f"{path} is not a torchvision {model} state dict: {key} is {tuple(state[key].shape)} "
-                            f"there, {tuple(tensor.shape)} in {model}")  # fmt: skip
+            raise UserError(
+                f"{path} is not a torchvision {model} state dict: {key} is {tuple(state[key].shape)} "
+                f"there, {tuple(tensor.shape)} in {model}"
+            )
 
 
 def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize: int = 256) -> Path:
@@ -88,13 +91,17 @@ def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize:
         description=f"torchvision {model} weights imported from {path.name} (v1.5: stride on the 3x3)",
         model=ModelConfig(name=model, shortcut=options["shortcut"], stride_in_1x1=False),
         data=DataConfig(dataset="imagefolder"),
-    )  # fmt: skip
+    )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     checkpoint = {
-        "model": {k: v.clone() for k, v in network.state_dict().items()}, "config": config.to_dict(),
-        "classes": imagenet_classes(), "mean": mean, "dataset": "imagefolder", "preprocessing": pre.to_record(),
+        "model": {k: v.clone() for k, v in network.state_dict().items()},
+        "config": config.to_dict(),
+        "classes": imagenet_classes(),
+        "mean": mean,
+        "dataset": "imagefolder",
+        "preprocessing": pre.to_record(),
         "source": {"format": "torchvision", "file": str(path), "sha256": digest},
-    }  # fmt: skip
+    }
     try:
         return save_checkpoint(checkpoint, out)
     except OSError as err:
@@ -106,6 +113,8 @@ def import_command(source: str, path: str | Path, model: str, out: str | Path, *
     if source != "torchvision":
         raise UserError(f"unknown weight source {source!r}; supported: torchvision")
     written = import_torchvision(path, model, out, resize=resize)
-    print(f"wrote {written}: torchvision {model} (option B, stride on the 3x3), 1000 ImageNet classes, "
-          f"centre view {resize} -> 224, per-channel mean/std; try `resnetlab predict --checkpoint {written} IMAGE`")  # fmt: skip
+    print(
+        f"wrote {written}: torchvision {model} (option B, stride on the 3x3), 1000 ImageNet classes, "
+        f"centre view {resize} -> 224, per-channel mean/std; try `resnetlab predict --checkpoint {written} IMAGE`"
+    )
     return 0

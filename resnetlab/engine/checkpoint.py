@@ -60,9 +60,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({first})") from None
+        raise UserError(
+            f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({first})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a resnetlab checkpoint (found a {type(state).__name__}, not a dict)")
     return state
@@ -86,11 +90,14 @@ def capture_rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
         "numpy": {
-            "name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss), "gauss": float(np_gauss),
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
         },
         "torch": torch.get_rng_state(),
-    }  # fmt: skip
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

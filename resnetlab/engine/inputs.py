@@ -79,9 +79,15 @@ def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_
         mean = rdata.pixel_mean(train_split.images)
     common = dict(mean=mean, device=device, rank=rank, world_size=world, channels_last=tc.channels_last)
     train = rdata.InMemoryLoader(
-        train_split.images, train_split.labels, batch_size=per_rank, train=True, augment=dc.augment,
-        seed=tc.seed, drop_last=True, **common,
-    )  # fmt: skip
+        train_split.images,
+        train_split.labels,
+        batch_size=per_rank,
+        train=True,
+        augment=dc.augment,
+        seed=tc.seed,
+        drop_last=True,
+        **common,
+    )
     if len(train) == 0:
         raise UserError(f"{len(train_split)} training images make no full batch of {config.optim.batch_size}")
     splits = {"test": dataset.test} | ({"val": dataset.val} if dataset.val is not None else {})
@@ -90,11 +96,15 @@ def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_
         for name, split in splits.items()
     }
     preprocessing = {
-        "scale": train.augment.scale, "image_size": list(dataset.image_size), "channels": dataset.channels,
+        "scale": train.augment.scale,
+        "image_size": list(dataset.image_size),
+        "channels": dataset.channels,
         "view": "single",  # the stored images as they are: what this run evaluated on
-    }  # fmt: skip
+    }
     source = f"{dataset.source.path} ({dataset.source.format})" if dataset.source else dataset.name
-    return TrainingData(dataset.name, list(dataset.classes), mean, len(train_split), train, evals, preprocessing, source)
+    return TrainingData(
+        dataset.name, list(dataset.classes), mean, len(train_split), train, evals, preprocessing, source
+    )
 
 
 def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_rank: int) -> TrainingData:
@@ -116,9 +126,15 @@ def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_
     mean = stats.mean_image
     train_set = rdata.FileDataset(train_index, rdata.imagenet_train_transform(mean), on_bad_image=dc.on_bad_image)
     train = rdata.StreamLoader(
-        train_set, batch_size=per_rank, device=device, seed=tc.seed, workers=dc.num_workers,
-        channels_last=tc.channels_last, rank=rank, world_size=world,
-    )  # fmt: skip
+        train_set,
+        batch_size=per_rank,
+        device=device,
+        seed=tc.seed,
+        workers=dc.num_workers,
+        channels_last=tc.channels_last,
+        rank=rank,
+        world_size=world,
+    )
     if len(train) == 0:
         raise UserError(f"{len(train_index.files)} training images make no full batch of {config.optim.batch_size}")
     val_set = rdata.FileDataset(val_index, rdata.center_view(mean), on_bad_image=dc.on_bad_image)
@@ -126,4 +142,6 @@ def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_
     evals = {"test": _DeviceBatches(val_loader, device, tc.channels_last)}
     preprocessing = {"scale": 1 / 255, "image_size": [224, 224], "channels": 3, "view": "center"}
     source = f"{train_index.root.parent} (imagefolder)"
-    return TrainingData("imagefolder", list(train_index.classes), mean, len(train_index.files), train, evals, preprocessing, source)
+    return TrainingData(
+        "imagefolder", list(train_index.classes), mean, len(train_index.files), train, evals, preprocessing, source
+    )

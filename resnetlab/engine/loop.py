@@ -65,7 +65,14 @@ def evaluate(
         with autocast(device, amp):
             logits = model(images).float()
         top1, top5 = topk_errors(logits, labels)
-        totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), top1.double(), top5.double(), torch.tensor(float(len(labels)), device=device, dtype=torch.float64)])
+        totals += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum").double(),
+                top1.double(),
+                top5.double(),
+                torch.tensor(float(len(labels)), device=device, dtype=torch.float64),
+            ]
+        )
     model.train(was_training)
     loss, top1, top5, n = comm.all_reduce_sum(totals).tolist()
     n = max(n, 1.0)

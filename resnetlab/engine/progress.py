@@ -17,7 +17,11 @@ class Progress:
         self.main = main
         self.interactive = main and (sys.stderr.isatty() if enabled is None else enabled)
         self.total, self.start, self.t0 = total, initial, time.perf_counter()
-        self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr) if self.interactive else None
+        self.bar = (
+            tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True, file=sys.stderr)
+            if self.interactive
+            else None
+        )
 
     def update_to(self, iteration: int, **stats: float) -> None:
         if self.bar is not None:
@@ -28,7 +32,11 @@ class Progress:
             rate = done / max(time.perf_counter() - self.t0, 1e-9)
             eta = (self.total - iteration) / rate if rate > 0 else float("inf")
             fields = " ".join(f"{k} {v:.4g}" for k, v in stats.items())
-            print(f"[{iteration}/{self.total}] {fields} | {rate:.2f} it/s, eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+            print(
+                f"[{iteration}/{self.total}] {fields} | {rate:.2f} it/s, eta {eta / 60:.1f} min",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def write(self, line: str) -> None:
         if not self.main:

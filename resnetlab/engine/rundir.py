@@ -20,7 +20,13 @@ def _git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -34,11 +40,19 @@ def environment_record(device: torch.device, world_size: int) -> dict[str, Any]:
     from .. import __version__
 
     record = {
-        "resnetlab": __version__, "git_commit": _git_commit(), "python": platform.python_version(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-        "world_size": world_size, "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
+        "resnetlab": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "world_size": world_size,
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
         record["cuda"] = torch.version.cuda

@@ -38,6 +38,7 @@ from .schedule import LRSchedule
 
 __all__ = ["train", "TrainingDiverged", "resolve_device", "build_model"]
 
+
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -58,7 +59,9 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(config: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
     try:
-        return create_model(config.model.name, num_classes=num_classes, in_channels=in_channels, **config.model.options())
+        return create_model(
+            config.model.name, num_classes=num_classes, in_channels=in_channels, **config.model.options()
+        )
     except (ValueError, TypeError) as err:
         raise UserError(str(err)) from None
 
@@ -89,7 +92,11 @@ class Window:
     pending: list[torch.Tensor] = field(default_factory=list)  # (loss, mistakes, batch) not yet synced
 
     def add(self, loss: torch.Tensor, mistakes: torch.Tensor, batch: int) -> None:
-        self.pending.append(torch.stack([loss.double(), mistakes.double(), torch.tensor(float(batch), dtype=torch.float64, device=loss.device)]))
+        self.pending.append(
+            torch.stack(
+                [loss.double(), mistakes.double(), torch.tensor(float(batch), dtype=torch.float64, device=loss.device)]
+            )
+        )
 
     def sync(self) -> None:
         """Fold the pending per-step tensors in (one device sync); sums over ranks as well."""
@@ -136,7 +143,9 @@ def _stop_requested(flag: dict[str, Any], device: torch.device) -> bool:
     return bool(comm.all_reduce_sum(wanted).item() > 0) if comm.is_distributed() else flag["signal"] is not None
 
 
-def train(config: RunConfig, out: str | Path, resume: str | None = None, progress: bool | None = None) -> dict[str, Any]:
+def train(
+    config: RunConfig, out: str | Path, resume: str | None = None, progress: bool | None = None
+) -> dict[str, Any]:
     """Run ``config`` into the run directory ``out``; returns the last evaluation record.
 
     ``resume``: None (a fresh run; refuses a directory that already holds checkpoints), "auto" (continue
@@ -165,7 +174,9 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
             raise UserError(f"{resume_path} is not a resnetlab training checkpoint (it lacks {', '.join(missing)})")
         saved = config_from_dict(checkpoint["config"])
         if saved.model != config.model or saved.data.dataset != config.data.dataset:
-            raise UserError(f"{resume_path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's")
+            raise UserError(
+                f"{resume_path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's"
+            )
 
     _set_determinism(tc.seed, tc.deterministic)
     data = build_data(config, device)
@@ -176,18 +187,27 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if config.model.bn_group:
         if (oc.batch_size // world) % config.model.bn_group:
-            raise UserError(f"model.bn_group {config.model.bn_group} does not divide the per-process batch {oc.batch_size // world}")
+            raise UserError(
+                f"model.bn_group {config.model.bn_group} does not divide the per-process batch {oc.batch_size // world}"
+            )
         model = group_batchnorm(model, config.model.bn_group)
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
 
     amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
-    optimizer = torch.optim.SGD(model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay, nesterov=oc.nesterov)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay, nesterov=oc.nesterov
+    )
     sc = config.schedule
     schedule = LRSchedule(
-        oc.lr, kind=sc.kind, milestones=sc.milestones, gamma=sc.gamma, warmup_lr=sc.warmup_lr,
-        warmup_until_error=sc.warmup_until_error, plateau_patience=sc.plateau_patience,
-    )  # fmt: skip
+        oc.lr,
+        kind=sc.kind,
+        milestones=sc.milestones,
+        gamma=sc.gamma,
+        warmup_lr=sc.warmup_lr,
+        warmup_until_error=sc.warmup_until_error,
+        plateau_patience=sc.plateau_patience,
+    )
     train_loader, eval_loaders = data.train, data.evals
     window = Window()
     iteration, best_error = 0, math.inf
@@ -215,12 +235,21 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
 
     def state_dict() -> dict[str, Any]:
         return {
-            "model": clean_state_dict(model.state_dict()), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "scaler": {}, "loader": train_loader.state_dict(),
-            "rng": capture_rng_state(), "iteration": iteration, "best_error": best_error,
-            "window": window.state(), "config": config.to_dict(), "classes": data.classes,
-            "mean": data.mean.cpu(), "dataset": data.name, "preprocessing": data.preprocessing,
-        }  # fmt: skip
+            "model": clean_state_dict(model.state_dict()),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": {},
+            "loader": train_loader.state_dict(),
+            "rng": capture_rng_state(),
+            "iteration": iteration,
+            "best_error": best_error,
+            "window": window.state(),
+            "config": config.to_dict(),
+            "classes": data.classes,
+            "mean": data.mean.cpu(),
+            "dataset": data.name,
+            "preprocessing": data.preprocessing,
+        }
 
     def save(*extra: Path) -> None:
         window.sync()
@@ -239,8 +268,11 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
     bar = Progress(total=tc.iterations, initial=iteration, enabled=progress, main=main)
     last_record: dict[str, Any] = {}
     if main and iteration == 0:
-        bar.write(f"training {config.model.name} on {data.name} ({data.num_train} images, {len(data.classes)} classes) "
-                  f"for {tc.iterations} iterations of batch {oc.batch_size} on {device}" + (f" x {world} processes" if world > 1 else ""))  # fmt: skip
+        bar.write(
+            f"training {config.model.name} on {data.name} ({data.num_train} images, {len(data.classes)} classes) "
+            f"for {tc.iterations} iterations of batch {oc.batch_size} on {device}"
+            + (f" x {world} processes" if world > 1 else "")
+        )
     elif main:
         bar.write(f"resuming {run.path} at iteration {iteration} from {resume_path}")
 
@@ -267,7 +299,9 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
             step_error = float(comm.all_reduce_sum(mistakes.double().clone()).item()) / (len(labels) * world)
             if schedule.observe_train_error(iteration - 1, step_error) and main:
                 run.log({"iteration": iteration, "event": "warmup_done", "lr": schedule.lr_at(iteration)})
-                bar.write(f"iteration {iteration}: running training error below {sc.warmup_until_error:.0%}, lr back to {oc.lr}")
+                bar.write(
+                    f"iteration {iteration}: running training error below {sc.warmup_until_error:.0%}, lr back to {oc.lr}"
+                )
 
         evaluating = iteration % tc.eval_every == 0 or iteration == tc.iterations
         if iteration % tc.log_every == 0 or evaluating:
@@ -278,11 +312,14 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
         if evaluating:
             elapsed = time.perf_counter() - tick
             record: dict[str, Any] = {
-                "iteration": iteration, "epoch": round(iteration * oc.batch_size / data.num_train, 3), "lr": lr,
+                "iteration": iteration,
+                "epoch": round(iteration * oc.batch_size / data.num_train, 3),
+                "lr": lr,
                 **window.summary(),
                 "images_per_s": window.images / max(window.data_time + window.step_time, 1e-9),
-                "data_wait_s": window.data_time, "wall_s": elapsed,
-            }  # fmt: skip
+                "data_wait_s": window.data_time,
+                "wall_s": elapsed,
+            }
             comm.broadcast_buffers(model)
             for name, loader in eval_loaders.items():
                 result = evaluate(inner, loader, device, amp=amp)
@@ -310,8 +347,11 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
             save()
             bar.close()
             if main:
-                print(f"stopped by {stop['signal'] or 'another rank'} at iteration {iteration}; saved {run.last}. "
-                      f"Continue with: resnetlab train ... --out {run.path} --resume auto", file=sys.stderr)  # fmt: skip
+                print(
+                    f"stopped by {stop['signal'] or 'another rank'} at iteration {iteration}; saved {run.last}. "
+                    f"Continue with: resnetlab train ... --out {run.path} --resume auto",
+                    file=sys.stderr,
+                )
             comm.destroy()
             return {"stopped": True, "iteration": iteration}
     bar.close()
@@ -319,6 +359,8 @@ def train(config: RunConfig, out: str | Path, resume: str | None = None, progres
         from .plot import plot_runs
 
         plot_runs([run.path], run.curves)
-        print(f"done: {run.path}; final test error {last_record.get('test_top1_error', float('nan')):.2%}; curves in {run.curves}")
+        print(
+            f"done: {run.path}; final test error {last_record.get('test_top1_error', float('nan')):.2%}; curves in {run.curves}"
+        )
     comm.destroy()
     return last_record

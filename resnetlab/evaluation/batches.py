@@ -74,8 +74,10 @@ def _rank_first(load: Callable[[bool], Any]) -> Any:
 
 
 def _no_val_split(dataset: str) -> UserError:
-    return UserError(f"--split val: the run trained on all of {dataset}'s training images (data.val_split=0), so "
-                     "there is no validation split; evaluate --split test")  # fmt: skip
+    return UserError(
+        f"--split val: the run trained on all of {dataset}'s training images (data.val_split=0), so "
+        "there is no validation split; evaluate --split test"
+    )
 
 
 def _unwrapped(batches: Iterable[Batch | None]) -> Iterator[Batch]:
@@ -91,29 +93,50 @@ def _unwrapped(batches: Iterable[Batch | None]) -> Iterator[Batch]:
 
 
 def _files(
-    pre: Preprocessing, view: str, data_dir: str | None, split: str, val_split: int, on_bad_image: str,
-    batch_size: int, workers: int | None,
-) -> EvalData:  # fmt: skip
+    pre: Preprocessing,
+    view: str,
+    data_dir: str | None,
+    split: str,
+    val_split: int,
+    on_bad_image: str,
+    batch_size: int,
+    workers: int | None,
+) -> EvalData:
     train, val = rdata.open_image_folder(data_dir, on_bad_image=on_bad_image)
     index = val
     if split == "val":
         if not val_split:
             raise _no_val_split("imagefolder")
         if on_bad_image == "skip":  # training drew the split after dropping the files it could not decode
-            raise UserError("--split val of an image folder trained with on_bad_image=skip cannot be rebuilt file "
-                            "by file (the skipped files shift it); evaluate --split test")  # fmt: skip
+            raise UserError(
+                "--split val of an image folder trained with on_bad_image=skip cannot be rebuilt file "
+                "by file (the skipped files shift it); evaluate --split test"
+            )
         _, held = rdata.train_val_split(torch.tensor(train.labels), val_split, seed=0)
-        index = rdata.FolderIndex(train.root, train.classes, [train.files[i] for i in held],
-                                  [train.labels[i] for i in held], train.empty_classes)  # fmt: skip
+        index = rdata.FolderIndex(
+            train.root,
+            train.classes,
+            [train.files[i] for i in held],
+            [train.labels[i] for i in held],
+            train.empty_classes,
+        )
     dataset = rdata.FileDataset(index, view_transform(view, pre), channels=pre.channels, on_bad_image=on_bad_image)
     loader = rdata.make_loader(dataset, batch_size=batch_size, train=False, workers=workers)
     return EvalData(_unwrapped(loader), len(index.files), list(index.classes), "imagefolder", split)
 
 
 def _in_memory(
-    pre: Preprocessing, view: str, name: str, data_dir: str | None, split: str, val_split: int, on_bad_image: str,
-    batch_size: int, workers: int, device: torch.device,
-) -> EvalData:  # fmt: skip
+    pre: Preprocessing,
+    view: str,
+    name: str,
+    data_dir: str | None,
+    split: str,
+    val_split: int,
+    on_bad_image: str,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> EvalData:
     if split == "val" and not val_split:
         raise _no_val_split(name)
     kwargs = dict(val_size=val_split if split == "val" else 0, on_bad_image=on_bad_image)
@@ -126,8 +149,17 @@ def _in_memory(
         # The engine's evaluation batches, pixels left unnormalised (zero mean, scale 1): the checkpoint's
         # own normalisation follows in class_log_probs.
         zero = torch.zeros(part.images.shape[1:])
-        loader = rdata.InMemoryLoader(part.images, part.labels, batch_size=batch_size, mean=zero, scale=1.0,
-                                      train=False, device=device, rank=rank, world_size=world)  # fmt: skip
+        loader = rdata.InMemoryLoader(
+            part.images,
+            part.labels,
+            batch_size=batch_size,
+            mean=zero,
+            scale=1.0,
+            train=False,
+            device=device,
+            rank=rank,
+            world_size=world,
+        )
         batches: Iterable[Batch] = ((x.unsqueeze(1), y) for x, y in loader)  # (B, 1, C, H, W)
     else:
         images = TensorImages(part.images, part.labels, view_transform(view, pre))
@@ -157,10 +189,13 @@ def eval_data(
     where = data_dir or data.get("data_dir")
     val_split, on_bad_image = int(data.get("val_split") or 0), str(data.get("on_bad_image") or "error")
     if view == "multiscale" and name == "imagefolder" and batch_size not in (None, 1):
-        raise UserError("multi-scale views of image files have each image's own sizes, so they run one image "
-                        f"at a time: --batch-size must be 1, got {batch_size}")  # fmt: skip
+        raise UserError(
+            "multi-scale views of image files have each image's own sizes, so they run one image "
+            f"at a time: --batch-size must be 1, got {batch_size}"
+        )
     batch_size = batch_size or default_batch_size(view, pre.crop, same_size=name != "imagefolder")
     if name == "imagefolder":
         return _files(pre, view, where, split, val_split, on_bad_image, batch_size, workers)
-    return _in_memory(pre, view, name, where, split, val_split, on_bad_image, batch_size, workers or 0,
-                      torch.device(device))  # fmt: skip
+    return _in_memory(
+        pre, view, name, where, split, val_split, on_bad_image, batch_size, workers or 0, torch.device(device)
+    )

@@ -80,19 +80,34 @@ def evaluate_checkpoint(
     bundle = load_bundle(path, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile)
     pre = bundle.preprocessing
     view = view or pre.view
-    data = eval_data(pre, view, bundle.data, data_dir=data_dir, split=split, batch_size=batch_size,
-                     workers=workers, device=device)  # fmt: skip
+    data = eval_data(
+        pre, view, bundle.data, data_dir=data_dir, split=split, batch_size=batch_size, workers=workers, device=device
+    )
     if data.classes != bundle.classes:
         if len(data.classes) != len(bundle.classes):
-            raise UserError(f"{data.dataset} {split} has {len(data.classes)} classes; the network in {path} has "
-                            f"{len(bundle.classes)}")  # fmt: skip
+            raise UserError(
+                f"{data.dataset} {split} has {len(data.classes)} classes; the network in {path} has "
+                f"{len(bundle.classes)}"
+            )
         if comm.is_main_process():
-            print(f"note: the class names of {data.dataset} ({data.classes[0]!r}, ...) differ from the network's "
-                  f"({bundle.classes[0]!r}, ...); labels are matched by index", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: the class names of {data.dataset} ({data.classes[0]!r}, ...) differ from the network's "
+                f"({bundle.classes[0]!r}, ...); labels are matched by index",
+                file=sys.stderr,
+            )
     return evaluate_model(
-        bundle.model, data.batches, pre, bundle.classes, device=device, channels_last=channels_last,
-        model=bundle.model_name, dataset=data.dataset, split=split, view=view, views_per_image=views_per_image(view),
-    )  # fmt: skip
+        bundle.model,
+        data.batches,
+        pre,
+        bundle.classes,
+        device=device,
+        channels_last=channels_last,
+        model=bundle.model_name,
+        dataset=data.dataset,
+        split=split,
+        view=view,
+        views_per_image=views_per_image(view),
+    )
 
 
 def default_out_dir(checkpoint: str | Path) -> Path:
@@ -121,17 +136,32 @@ def eval_command(
     torch_device = resolve_device(device)
     comm.init_distributed(torch_device)
     try:
-        result = evaluate_checkpoint(checkpoint, view=view, split=split, data_dir=data_dir, batch_size=batch_size,
-                                     workers=workers, device=torch_device, compile=compile)  # fmt: skip
+        result = evaluate_checkpoint(
+            checkpoint,
+            view=view,
+            split=split,
+            data_dir=data_dir,
+            batch_size=batch_size,
+            workers=workers,
+            device=torch_device,
+            compile=compile,
+        )
         if comm.is_main_process():
             folder = Path(out) if out is not None else default_out_dir(checkpoint)
             stem = f"{result.split}-{result.view}"
             try:
-                written = [result.write_json(folder / f"metrics-{stem}.json"), plot_confusion(result, folder / f"confusion-{stem}.png")]
+                written = [
+                    result.write_json(folder / f"metrics-{stem}.json"),
+                    plot_confusion(result, folder / f"confusion-{stem}.png"),
+                ]
             except OSError as err:
-                raise UserError(f"cannot write into {folder} ({err.strerror}); choose another folder with --out") from None
+                raise UserError(
+                    f"cannot write into {folder} ({err.strerror}); choose another folder with --out"
+                ) from None
             if as_json:
-                print(json.dumps({**result.to_json(with_confusion=False), "files": [str(p) for p in written]}, indent=1))
+                print(
+                    json.dumps({**result.to_json(with_confusion=False), "files": [str(p) for p in written]}, indent=1)
+                )
             else:
                 print(format_result(result))
                 print("wrote " + ", ".join(map(str, written)))

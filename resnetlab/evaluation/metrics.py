@@ -75,11 +75,19 @@ class EvalResult:
         accuracy = [float(c) / float(t) if t else None for c, t in zip(correct.tolist(), per_class.tolist())]
         images = int(n)
         return cls(
-            images=images, top1_error=top1 / max(n, 1), top5_error=top5 / max(n, 1), loss=loss / max(n, 1),
-            images_per_s=images / max(seconds, 1e-9), seconds=seconds, classes=list(classes),
-            class_images=per_class.tolist(), class_accuracy=accuracy, confusion=confusion.tolist(),
-            world_size=comm.get_world_size(), **info,
-        )  # fmt: skip
+            images=images,
+            top1_error=top1 / max(n, 1),
+            top5_error=top5 / max(n, 1),
+            loss=loss / max(n, 1),
+            images_per_s=images / max(seconds, 1e-9),
+            seconds=seconds,
+            classes=list(classes),
+            class_images=per_class.tolist(),
+            class_accuracy=accuracy,
+            confusion=confusion.tolist(),
+            world_size=comm.get_world_size(),
+            **info,
+        )
 
     def to_json(self, with_confusion: bool = True) -> dict[str, Any]:
         out = asdict(self)
@@ -115,14 +123,22 @@ def plot_confusion(result: EvalResult, path: Path) -> Path:
             for t in range(k):
                 for p in range(k):
                     if counts[t, p]:
-                        ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=7,
-                                color="white" if rates[t, p] > 0.5 else "black")  # fmt: skip
+                        ax.text(
+                            p,
+                            t,
+                            int(counts[t, p]),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if rates[t, p] > 0.5 else "black",
+                        )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(
         f"{result.model} on {result.dataset} {result.split}, {result.view} view: "
-        f"top-1 error {result.top1_error:.2%} ({result.images} images)", fontsize=9,
-    )  # fmt: skip
+        f"top-1 error {result.top1_error:.2%} ({result.images} images)",
+        fontsize=9,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -138,11 +154,14 @@ def format_result(result: EvalResult, worst: int = 10) -> str:
         f"({result.views_per_image} per image)" + (f", {result.world_size} processes" if result.world_size > 1 else ""),
         f"top-1 error {result.top1_error:.2%}   top-5 error {result.top5_error:.2%}   loss {result.loss:.4f}   "
         f"{result.images_per_s:,.1f} images/s ({result.seconds:.1f} s)",
-    ]  # fmt: skip
+    ]
     rows = [(name, acc, n) for name, acc, n in zip(result.classes, result.class_accuracy, result.class_images)]
     shown = rows if len(rows) <= 20 else sorted((r for r in rows if r[1] is not None), key=lambda r: r[1])[:worst]
     lines.append("per-class accuracy" + ("" if len(rows) <= 20 else f" (the {len(shown)} lowest of {len(rows)})") + ":")
     width = max((len(name) for name, _, _ in shown), default=0)
     for name, acc, n in shown:
-        lines.append(f"  {name:<{width}}  " + (f"{acc:7.2%}  ({round(acc * n)}/{n})" if acc is not None else "    -    (0 images)"))
+        lines.append(
+            f"  {name:<{width}}  "
+            + (f"{acc:7.2%}  ({round(acc * n)}/{n})" if acc is not None else "    -    (0 images)")
+        )
     return "\n".join(lines)

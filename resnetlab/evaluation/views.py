@@ -85,8 +85,11 @@ class Preprocessing:
     def to_record(self) -> dict[str, Any]:
         """The JSON-able record of a checkpoint's ``preprocessing`` entry (the mean is stored beside it)."""
         record: dict[str, Any] = {
-            "scale": self.scale, "image_size": list(self.image_size), "channels": self.channels, "view": self.view,
-        }  # fmt: skip
+            "scale": self.scale,
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "view": self.view,
+        }
         if self.std is not None:
             record["std"] = [float(s) for s in self.std]
         if self.resize is not None:
@@ -103,11 +106,14 @@ class Preprocessing:
         size = record.get("image_size") or (list(mean.shape[-2:]) if mean.dim() == 3 else [PAPER_SIDE, PAPER_SIDE])
         std = record.get("std")
         return cls(
-            mean=mean, image_size=(int(size[0]), int(size[1])), channels=int(record.get("channels", mean.shape[0])),
+            mean=mean,
+            image_size=(int(size[0]), int(size[1])),
+            channels=int(record.get("channels", mean.shape[0])),
             view=record.get("view", "center" if dataset == "imagefolder" else "single"),
-            scale=float(record.get("scale", 1 / 255)), std=None if std is None else torch.tensor(std, dtype=torch.float32),
+            scale=float(record.get("scale", 1 / 255)),
+            std=None if std is None else torch.tensor(std, dtype=torch.float32),
             resize=record.get("resize"),
-        )  # fmt: skip
+        )
 
 
 def views_per_image(view: str) -> int:

@@ -25,9 +25,28 @@ from .records import RunRecord, read_record, run_name
 from .responses import layer_response_stds
 from .table6 import format_table6, table6, write_table6_csv
 
-__all__ = ["DEGRADATION_NETS", "RESPONSE_NETS", "experiment_config", "ensure_run", "degradation", "table6_report", "responses", "response_claims"]
+__all__ = [
+    "DEGRADATION_NETS",
+    "RESPONSE_NETS",
+    "experiment_config",
+    "ensure_run",
+    "degradation",
+    "table6_report",
+    "responses",
+    "response_claims",
+]
 
-DEGRADATION_NETS = ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+DEGRADATION_NETS = [
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+]
 RESPONSE_NETS = ["plain20", "plain56", "resnet20", "resnet56", "resnet110"]
 PAPER_ITERATIONS = 64000
 
@@ -41,9 +60,12 @@ def experiment_config(net: str, iterations: int, seed: int, data_dir: str | None
     milestones = scale_milestones(config.schedule.milestones, PAPER_ITERATIONS, iterations)
     every = max(1, iterations // eval_points)
     overrides = [
-        f"train.iterations={iterations}", f"schedule.milestones={','.join(map(str, milestones))}", f"train.seed={seed}",
-        f"train.eval_every={every}", f"train.checkpoint_every={every}",
-    ]  # fmt: skip
+        f"train.iterations={iterations}",
+        f"schedule.milestones={','.join(map(str, milestones))}",
+        f"train.seed={seed}",
+        f"train.eval_every={every}",
+        f"train.checkpoint_every={every}",
+    ]
     if data_dir:
         overrides.append(f"data.data_dir={data_dir}")
     return apply_overrides(config, overrides)
@@ -58,8 +80,14 @@ def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> R
     """Reuse a finished run, resume one cut short, or train it; refuses a folder holding another config."""
     if (path / "config.json").is_file():
         saved = config_from_dict(json.loads((path / "config.json").read_text()))
-        if saved.model != config.model or saved.train.iterations != config.train.iterations or saved.train.seed != config.train.seed:
-            raise UserError(f"{path} holds a different run ({saved.model.name}, {saved.train.iterations} iterations, seed {saved.train.seed})")
+        if (
+            saved.model != config.model
+            or saved.train.iterations != config.train.iterations
+            or saved.train.seed != config.train.seed
+        ):
+            raise UserError(
+                f"{path} holds a different run ({saved.model.name}, {saved.train.iterations} iterations, seed {saved.train.seed})"
+            )
         record = read_record(path)
         if record.finished and (path / "checkpoints" / "last.pt").is_file():
             print(f"reusing {path} (finished)")
@@ -73,7 +101,13 @@ def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> R
 
 
 def degradation(
-    nets: list[str], seeds: list[int], iterations: int, root: Path, out: Path, data_dir: str | None, eval_points: int = 32,
+    nets: list[str],
+    seeds: list[int],
+    iterations: int,
+    root: Path,
+    out: Path,
+    data_dir: str | None,
+    eval_points: int = 32,
     train_missing: bool = True,
 ) -> list[Path]:
     """Fig. 1 and Fig. 6; ``train_missing=False`` draws from the records under ``root`` and trains nothing."""
@@ -128,14 +162,29 @@ def response_claims(mean_std: dict[str, float]) -> dict[str, bool]:
     and each ResNet below the next shallower ResNet measured (e.g. resnet56 below resnet20)."""
     depth = {net: int(net.removeprefix("resnet").removeprefix("plain")) for net in mean_std}
     resnets = sorted((n for n in mean_std if n.startswith("resnet")), key=depth.get)
-    twins = {f"{r} below plain{depth[r]}": mean_std[r] < mean_std[f"plain{depth[r]}"] for r in resnets if f"plain{depth[r]}" in mean_std}
-    deeper = {f"{deep} below {shallow}": mean_std[deep] < mean_std[shallow] for shallow, deep in zip(resnets, resnets[1:])}
+    twins = {
+        f"{r} below plain{depth[r]}": mean_std[r] < mean_std[f"plain{depth[r]}"]
+        for r in resnets
+        if f"plain{depth[r]}" in mean_std
+    }
+    deeper = {
+        f"{deep} below {shallow}": mean_std[deep] < mean_std[shallow] for shallow, deep in zip(resnets, resnets[1:])
+    }
     return twins | deeper
 
 
 def responses(
-    root: Path, out: Path, *, iterations: int, seed: int = 0, nets: list[str] = RESPONSE_NETS, data_dir: str | None = None,
-    split: str = "test", bn_mode: str = "eval", std_over: str = "all", device: str = "cpu",
+    root: Path,
+    out: Path,
+    *,
+    iterations: int,
+    seed: int = 0,
+    nets: list[str] = RESPONSE_NETS,
+    data_dir: str | None = None,
+    split: str = "test",
+    bn_mode: str = "eval",
+    std_over: str = "all",
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Fig. 7 from the last checkpoints of the runs under ``root``; returns the stds and the paper's claims."""
     dev = torch.device(device)
@@ -144,11 +193,15 @@ def responses(
         checkpoint = root / run_name(f"cifar10-{net}", iterations, seed) / "checkpoints" / "last.pt"
         model, state = _checkpoint_model(checkpoint, dev)
         config = config_from_dict(state["config"])
-        dataset = rdata.load_dataset(config.data.dataset, data_dir or config.data.data_dir, val_size=config.data.val_split)
+        dataset = rdata.load_dataset(
+            config.data.dataset, data_dir or config.data.data_dir, val_size=config.data.val_split
+        )
         chosen = {"test": dataset.test, "train": dataset.train, "val": dataset.val}[split]
         if chosen is None:
             raise UserError(f"{checkpoint} was trained without a validation split; use --split test or train")
-        loader = rdata.InMemoryLoader(chosen.images, chosen.labels, batch_size=500, mean=state["mean"], train=False, device=dev)
+        loader = rdata.InMemoryLoader(
+            chosen.images, chosen.labels, batch_size=500, mean=state["mean"], train=False, device=dev
+        )
         stds[net] = layer_response_stds(model, loader, bn_mode=bn_mode, std_over=std_over)
     mean = {net: sum(v) / len(v) for net, v in stds.items()}
     claims = response_claims(mean)

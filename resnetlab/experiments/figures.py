@@ -12,7 +12,16 @@ from pathlib import Path
 
 from .records import RunRecord
 
-__all__ = ["mean_curves", "figure_fig1", "figure_fig6", "figure_fig7", "plot_fig1", "plot_fig6", "plot_fig7", "save_figure"]
+__all__ = [
+    "mean_curves",
+    "figure_fig1",
+    "figure_fig6",
+    "figure_fig7",
+    "plot_fig1",
+    "plot_fig6",
+    "plot_fig7",
+    "save_figure",
+]
 
 
 def _pyplot():
@@ -46,8 +55,13 @@ def _draw(ax, curves: dict, models: list[str], kinds: tuple[str, ...] = ("train"
         c = curves[model]
         label = f"{model} ({c['seeds']} seed{'s' * (c['seeds'] > 1)})"
         if "train" in kinds:  # dashed when beside the test curve, as in Fig. 6; solid when alone (Fig. 1)
-            ax.plot(*c["train"], "--" if "test" in kinds else "-", color=color, linewidth=1,
-                    label=None if "test" in kinds else label)  # fmt: skip
+            ax.plot(
+                *c["train"],
+                "--" if "test" in kinds else "-",
+                color=color,
+                linewidth=1,
+                label=None if "test" in kinds else label,
+            )
         if "test" in kinds:
             ax.plot(*c["test"], "-", color=color, linewidth=2, label=label)
     ax.set_xlabel("iterations")

@@ -68,7 +68,9 @@ def layer_response_stds(
         raise ValueError(f"bn_mode must be eval or train, std_over all or channel; got {bn_mode!r}, {std_over!r}")
     layers = response_layers(model)
     moments = [_Moments(std_over == "channel") for _ in layers]
-    hooks = [bn.register_forward_hook(lambda _m, _i, out, acc=acc: acc.add(out)) for (_, bn), acc in zip(layers, moments)]
+    hooks = [
+        bn.register_forward_hook(lambda _m, _i, out, acc=acc: acc.add(out)) for (_, bn), acc in zip(layers, moments)
+    ]
     was_training = model.training
     model.train(bn_mode == "train")
     # Batch statistics (train mode) must not change the trained running statistics: momentum 0, and the

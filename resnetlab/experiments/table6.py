@@ -49,19 +49,28 @@ def table6(records: list[RunRecord]) -> list[Table6Row]:
     for (model, iterations), runs in sorted(groups.items(), key=lambda kv: (_depth(kv[0][0]), kv[0][1])):
         errors = [100 * r.final["test_top1_error"] for r in runs]
         selected = [
-            100 * min((e for e in r.evals if "val_top1_error" in e), key=lambda e: e["val_top1_error"])["test_top1_error"]
+            100
+            * min((e for e in r.evals if "val_top1_error" in e), key=lambda e: e["val_top1_error"])["test_top1_error"]
             for r in runs
             if any("val_top1_error" in e for e in r.evals)
         ]
         with torch.device("meta"):
             params = count_parameters(create_model(model))
         data = sorted({r.data for r in runs})
-        rows.append(Table6Row(
-            model=model, parameters=params, seeds=len(runs), iterations=iterations,
-            mean=statistics.fmean(errors), std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
-            best=min(errors), val_selected=statistics.fmean(selected) if selected else None,
-            paper=TABLE6_TEST_ERROR.get(model, "-"), data=", ".join(data),
-        ))  # fmt: skip
+        rows.append(
+            Table6Row(
+                model=model,
+                parameters=params,
+                seeds=len(runs),
+                iterations=iterations,
+                mean=statistics.fmean(errors),
+                std=statistics.stdev(errors) if len(errors) > 1 else 0.0,
+                best=min(errors),
+                val_selected=statistics.fmean(selected) if selected else None,
+                paper=TABLE6_TEST_ERROR.get(model, "-"),
+                data=", ".join(data),
+            )
+        )
     return rows
 
 
@@ -81,8 +90,22 @@ def write_table6_csv(rows: list[Table6Row], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["network", "parameters", "iterations", "seeds", "mean", "std", "best", "val_selected", "paper", "data"])
+        writer.writerow(
+            ["network", "parameters", "iterations", "seeds", "mean", "std", "best", "val_selected", "paper", "data"]
+        )
         for r in rows:
-            writer.writerow([r.model, r.parameters, r.iterations, r.seeds, f"{r.mean:.4f}", f"{r.std:.4f}",
-                             f"{r.best:.4f}", "" if r.val_selected is None else f"{r.val_selected:.4f}", r.paper, r.data])  # fmt: skip
+            writer.writerow(
+                [
+                    r.model,
+                    r.parameters,
+                    r.iterations,
+                    r.seeds,
+                    f"{r.mean:.4f}",
+                    f"{r.std:.4f}",
+                    f"{r.best:.4f}",
+                    "" if r.val_selected is None else f"{r.val_selected:.4f}",
+                    r.paper,
+                    r.data,
+                ]
+            )
     return path

@@ -42,7 +42,11 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.mul_(1 - m).add_(mean.mean(dim=0).flatten(), alpha=m)
                 unbiased = var.mean(dim=0).flatten() * count / max(count - 1, 1)
                 self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
-        return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) else out
+        return (
+            out.contiguous(memory_format=torch.channels_last)
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else out
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
@@ -53,9 +57,13 @@ def group_batchnorm(module: nn.Module, group_size: int) -> nn.Module:
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             grouped = GroupedBatchNorm2d(
-                child.num_features, group_size, eps=child.eps, momentum=child.momentum,
-                affine=child.affine, track_running_stats=child.track_running_stats,
-            )  # fmt: skip
+                child.num_features,
+                group_size,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
             grouped.load_state_dict(child.state_dict())
             grouped.to(child.weight.device)
             setattr(module, name, grouped)

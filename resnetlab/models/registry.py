@@ -6,8 +6,8 @@ import difflib
 import functools
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .resnet import BasicBlock, Bottleneck, ResNet, Shortcut
 
@@ -71,19 +71,31 @@ def imagenet_resnet(
     """
     block, layers = _imagenet_layers(depth)
     return ResNet(
-        block, layers, IMAGENET_WIDTHS, stem="imagenet", shortcut=Shortcut.parse(shortcut),
-        stride_in_1x1=stride_in_1x1, zero_init_residual=zero_init_residual,
-        num_classes=num_classes, in_channels=in_channels,
-    )  # fmt: skip
+        block,
+        layers,
+        IMAGENET_WIDTHS,
+        stem="imagenet",
+        shortcut=Shortcut.parse(shortcut),
+        stride_in_1x1=stride_in_1x1,
+        zero_init_residual=zero_init_residual,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
 
 
 def imagenet_plain(depth: int, *, stride_in_1x1: bool = True, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """The plain twin of ``imagenet_resnet(depth)``: the same stack with no shortcuts (Sec. 3.3, Fig. 3 middle)."""
     block, layers = _imagenet_layers(depth)
     return ResNet(
-        block, layers, IMAGENET_WIDTHS, stem="imagenet", shortcut=None,
-        stride_in_1x1=stride_in_1x1, num_classes=num_classes, in_channels=in_channels,
-    )  # fmt: skip
+        block,
+        layers,
+        IMAGENET_WIDTHS,
+        stem="imagenet",
+        shortcut=None,
+        stride_in_1x1=stride_in_1x1,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
 
 
 def cifar_resnet(
@@ -97,18 +109,29 @@ def cifar_resnet(
     """The 6n+2-layer CIFAR-10 ResNet of Sec. 4.2, any valid depth; option A everywhere, as the paper."""
     n = _cifar_blocks(depth)
     return ResNet(
-        BasicBlock, (n, n, n), CIFAR_WIDTHS, stem="cifar", shortcut=Shortcut.parse(shortcut),
-        zero_init_residual=zero_init_residual, num_classes=num_classes, in_channels=in_channels,
-    )  # fmt: skip
+        BasicBlock,
+        (n, n, n),
+        CIFAR_WIDTHS,
+        stem="cifar",
+        shortcut=Shortcut.parse(shortcut),
+        zero_init_residual=zero_init_residual,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
 
 
 def cifar_plain(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """The plain 6n+2-layer CIFAR-10 net: same depth, width and parameters as its ResNet twin (Sec. 4.2)."""
     n = _cifar_blocks(depth)
     return ResNet(
-        BasicBlock, (n, n, n), CIFAR_WIDTHS, stem="cifar", shortcut=None,
-        num_classes=num_classes, in_channels=in_channels,
-    )  # fmt: skip
+        BasicBlock,
+        (n, n, n),
+        CIFAR_WIDTHS,
+        stem="cifar",
+        shortcut=None,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,10 @@ class SizeRow:
         """True when every figure the paper gives for this network agrees with the measurement."""
         return all(
             figure is None or figure.matches(measured)
-            for figure, measured in ((self.paper_parameters, self.parameters), (self.paper_multiply_adds, self.multiply_adds))
+            for figure, measured in (
+                (self.paper_parameters, self.parameters),
+                (self.paper_multiply_adds, self.multiply_adds),
+            )
         )
 
     def to_json(self) -> dict[str, object]:
@@ -63,13 +66,18 @@ def _measure(name: str, options: dict[str, object]) -> SizeRow:
     shortcut = str(getattr(merged.get("shortcut"), "value", merged.get("shortcut"))) if info.residual else "-"
     stride = ("v1" if merged["stride_in_1x1"] else "v1.5") if info.block == "bottleneck" else "-"
     return SizeRow(
-        name=name, family=info.family, depth=info.depth, block=info.block, shortcut=shortcut, stride=stride,
+        name=name,
+        family=info.family,
+        depth=info.depth,
+        block=info.block,
+        shortcut=shortcut,
+        stride=stride,
         input_size=info.input_size,
         parameters=count_parameters(model),
         multiply_adds=count_multiply_adds(model, (3, info.input_size, info.input_size)),
         paper_parameters=PARAMETERS.get((name, shortcut)),
         paper_multiply_adds=MULTIPLY_ADDS.get((name, shortcut, stride)),
-    )  # fmt: skip
+    )
 
 
 def size_table(variants: bool = True, family: str | None = None) -> list[SizeRow]:
@@ -91,29 +99,61 @@ def _agreement(row: SizeRow) -> str:
 
 
 def _sources(row: SizeRow) -> str:
-    sources = [f.source + (f" ({f.digits} digits)" if f.digits else "") for f in (row.paper_parameters, row.paper_multiply_adds) if f]
+    sources = [
+        f.source + (f" ({f.digits} digits)" if f.digits else "")
+        for f in (row.paper_parameters, row.paper_multiply_adds)
+        if f
+    ]
     return ", ".join(dict.fromkeys(sources)) or "-"
 
 
 def format_size_table(rows: list[SizeRow], markdown: bool = False) -> str:
-    header = ["model", "family", "depth", "block", "shortcut", "stride", "input", "params", "paper", "mult-adds", "paper", "agrees", "paper source"]
+    header = [
+        "model",
+        "family",
+        "depth",
+        "block",
+        "shortcut",
+        "stride",
+        "input",
+        "params",
+        "paper",
+        "mult-adds",
+        "paper",
+        "agrees",
+        "paper source",
+    ]
     body = [
         [
-            r.name, r.family, str(r.depth), r.block, r.shortcut, r.stride, f"{r.input_size}x{r.input_size}",
-            f"{r.parameters:,}", r.paper_parameters.text if r.paper_parameters else "-",
-            _si(r.multiply_adds), r.paper_multiply_adds.text if r.paper_multiply_adds else "-",
-            _agreement(r), _sources(r),
+            r.name,
+            r.family,
+            str(r.depth),
+            r.block,
+            r.shortcut,
+            r.stride,
+            f"{r.input_size}x{r.input_size}",
+            f"{r.parameters:,}",
+            r.paper_parameters.text if r.paper_parameters else "-",
+            _si(r.multiply_adds),
+            r.paper_multiply_adds.text if r.paper_multiply_adds else "-",
+            _agreement(r),
+            _sources(r),
         ]
         for r in rows
-    ]  # fmt: skip
+    ]
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if i in _NUMERIC else "---|" for i in range(len(header)))]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "".join("---:|" if i in _NUMERIC else "---|" for i in range(len(header))),
+        ]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def fmt_row(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in _NUMERIC else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in _NUMERIC else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, body)])
 
