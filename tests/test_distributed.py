@@ -68,13 +68,13 @@ def test_two_processes_follow_the_single_process_loss_trajectory(tmp_path):
 SCRIPT = """
 import json, sys, torch
 from resnetlab.data import InMemoryLoader
-from resnetlab.engine import comm
+from resnetlab import runtime
 from resnetlab.engine.loop import evaluate
 from resnetlab.models import create_model
 
 device = torch.device("cpu")
-comm.init_distributed(device)
-rank, world = comm.get_rank(), comm.get_world_size()
+runtime.init_distributed(device)
+rank, world = runtime.get_rank(), runtime.get_world_size()
 g = torch.Generator().manual_seed(0)
 images = torch.randint(0, 256, (101, 3, 32, 32), dtype=torch.uint8, generator=g)
 labels = torch.randint(0, 10, (101,), generator=g)
@@ -82,10 +82,10 @@ torch.manual_seed(0)
 model = create_model("cifar_resnet8")
 loader = InMemoryLoader(images, labels, batch_size=16, mean=images.float().mean(0), train=False,
                         rank=rank, world_size=world)
-result = evaluate(model, loader, device, amp=False)
+result = evaluate(model, loader, device, num_classes=10, amp=False)
 if rank == 0:
     print(json.dumps(result))
-comm.destroy()
+runtime.destroy()
 """
 
 

@@ -22,19 +22,19 @@ from test_eval import make_checkpoint, write_val_folder
 SCRIPT = """
 import json, sys
 import torch
-from resnetlab.engine import comm
+from resnetlab import runtime
 from resnetlab.evaluation import evaluate_checkpoint
 
-comm.init_distributed(torch.device("cpu"))
+runtime.init_distributed(torch.device("cpu"))
 out = {}
 for name, path, view in [("idx-single", sys.argv[1], "single"), ("idx-10crop", sys.argv[1], "10crop"),
                          ("files-multiscale", sys.argv[2], "multiscale")]:
     r = evaluate_checkpoint(path, view=view, workers=0)
     out[name] = {"images": r.images, "confusion": r.confusion, "top1": r.top1_error, "top5": r.top5_error,
                  "loss": r.loss, "world": r.world_size}
-if comm.is_main_process():
+if runtime.is_main_process():
     print(json.dumps(out))
-comm.destroy()
+runtime.destroy()
 """
 
 

@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from resnetlab.checkpoint import FORMAT
 from resnetlab.cli import main
-from resnetlab.deploy import FORMAT, conv_bn_pairs, export_model, fold_batchnorm, outputs_match, read_bundle
+from resnetlab.deploy import conv_bn_pairs, export_model, fold_batchnorm, outputs_match, read_bundle
 from resnetlab.errors import UserError
 from resnetlab.evaluation import evaluate_checkpoint
 from resnetlab.models import create_model

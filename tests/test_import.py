@@ -12,7 +12,9 @@ import torchvision
 from PIL import Image
 from torchvision.models import ResNet50_Weights
 
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
+from resnetlab.data import view_transform
 from resnetlab.deploy import (
     export_model,
     imagenet_classes,
@@ -21,9 +23,7 @@ from resnetlab.deploy import (
     predict_images,
     read_bundle,
 )
-from resnetlab.engine import load_checkpoint
 from resnetlab.errors import UserError
-from resnetlab.evaluation import view_transform
 
 from numerics import assert_close_to_scale, seeded_randn
 from test_eval import calibrate

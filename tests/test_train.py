@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import resnetlab.engine.trainer as trainer
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import apply_overrides
-from resnetlab.engine import load_checkpoint, train
+from resnetlab.engine import train
 from resnetlab.errors import UserError
 from resnetlab.presets import get_preset
 

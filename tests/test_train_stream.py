@@ -12,8 +12,9 @@ from PIL import Image
 from test_train import metrics
 
 import resnetlab.engine.trainer as trainer
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import apply_overrides
-from resnetlab.engine import load_checkpoint, train
+from resnetlab.engine import train
 from resnetlab.presets import get_preset
 
 

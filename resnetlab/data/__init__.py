@@ -13,6 +13,7 @@ from .datasets import ImageDataset, Split, load_dataset, pixel_mean, synthetic_d
 from .decode import BAD_IMAGE_POLICIES, BadImage, read_image
 from .fast import BatchAugment, InMemoryLoader
 from .loaders import FileDataset, ShardSampler, make_loader, open_image_folder, verify_images
+from .preprocessing import VIEWS, Preprocessing, check_view, view_transform, views_per_image
 from .readers import FolderIndex, index_folder
 from .report import describe, format_report
 from .sources import SPECS, DatasetSpec, Source, dataset_names, locate
@@ -26,7 +27,6 @@ from .transforms import (
     MULTISCALE_SIZES,
     PCALighting,
     SubtractMean,
-    average_scores,
     center_view,
     cifar_test_transform,
     cifar_train_transform,
@@ -36,6 +36,11 @@ from .transforms import (
 )
 
 __all__ = [
+    "VIEWS",
+    "Preprocessing",
+    "check_view",
+    "view_transform",
+    "views_per_image",
     "BAD_IMAGE_POLICIES",
     "BadImage",
     "BatchAugment",
@@ -58,7 +63,6 @@ __all__ = [
     "Split",
     "StreamLoader",
     "SubtractMean",
-    "average_scores",
     "cache_root",
     "center_view",
     "cifar_test_transform",

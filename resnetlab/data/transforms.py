@@ -48,7 +48,6 @@ __all__ = [
     "center_view",
     "ten_crop_views",
     "multiscale_views",
-    "average_scores",
 ]
 
 # The eigen-decomposition of ImageNet's RGB pixel covariance, pixels in [0, 1], as Facebook's
@@ -224,12 +223,3 @@ def multiscale_views(
         view = subtract(TF.resize(image, side, antialias=True).float())
         views += [view, view.flip(-1)] if flip else [view]
     return views
-
-
-@torch.no_grad()
-def average_scores(model: nn.Module, views: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """Class probabilities averaged over the views of one image: a (V, C, H, W) batch (10-crop) or a
-    list of (C, h, w) views of different sizes (multi-scale). Returns (num_classes,)."""
-    if isinstance(views, torch.Tensor):
-        return model(views).softmax(dim=1).mean(0)
-    return torch.stack([model(v.unsqueeze(0)).softmax(dim=1)[0] for v in views]).mean(0)

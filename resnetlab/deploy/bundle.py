@@ -1,18 +1,11 @@
-"""An inference bundle: a network with what it takes to feed it (class names, preprocessing), read from a
-run's checkpoint or from an exported safetensors file.
-
-A training checkpoint (``runs/X/checkpoints/last.pt``, :mod:`resnetlab.engine.trainer`) records the
-network's name and options in its config, the class names, the training set's per-pixel mean image and a
-``preprocessing`` entry (scale, image size, channels, test view; ``std`` for imported per-channel
-weights). The safetensors export holds the BN-folded weights as tensors, the mean as the tensor
-``preprocessing.mean``, and the rest as JSON strings in the file's header (``FORMAT`` below), so it is
-read without unpickling anything; a checkpoint is read with ``weights_only=True``.
+"""An inference bundle: a network built from a checkpoint or an exported safetensors file, with what it
+takes to feed it (class names, preprocessing). What each file holds is :mod:`resnetlab.checkpoint`'s
+``NetworkRecord``; this module builds the network from it and prepares it for inference.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +13,51 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ..config import config_from_dict
-from ..engine.checkpoint import clean_state_dict, load_checkpoint
+from ..checkpoint import FORMAT, NetworkRecord, read_network
+from ..data.preprocessing import Preprocessing
 from ..errors import UserError
-from ..evaluation.views import Preprocessing
-from ..models import create_model
 from .fold import prepare_inference, structure_for_folded
 
-__all__ = ["FORMAT", "InferenceBundle", "read_bundle", "load_bundle", "bundle_metadata", "is_safetensors"]
-
-FORMAT = "resnetlab.inference/1"  # the safetensors header's "format" entry
-MEAN_KEY = "preprocessing.mean"
+__all__ = ["InferenceBundle", "read_bundle", "load_bundle", "is_safetensors"]
 
 
 @dataclass
 class InferenceBundle:
     """A network and what it expects: ``model`` takes ``preprocessing.normalizer()(pixels)`` and returns
-    one score per name of ``classes``. ``data`` says where its evaluation data was (dataset, data_dir,
-    val_split, on_bad_image), so ``resnetlab eval`` finds it without being told."""
+    one score per name of ``classes``; ``record`` is what its file holds, ``source`` the file."""
 
     model: nn.Module
-    classes: list[str]
-    preprocessing: Preprocessing
-    model_name: str
-    model_options: dict[str, Any]
-    data: dict[str, Any]
+    record: NetworkRecord
     source: Path
     folded: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the iteration, where imported weights came from
+
+    @property
+    def classes(self) -> list[str]:
+        return self.record.classes
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.record.preprocessing
+
+    @property
+    def model_name(self) -> str:
+        return self.record.name
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        return self.record.options
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.record.data
 
     @property
     def dataset(self) -> str:
-        return str(self.data.get("dataset", ""))
+        return self.record.dataset
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.record.extra
 
 
 def is_safetensors(path: Path) -> bool:
@@ -61,93 +67,16 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
 
 
-def _build(name: str, options: dict[str, Any], num_classes: int, channels: int) -> nn.Module:
-    try:
-        return create_model(name, num_classes=num_classes, in_channels=channels, **options)
-    except (ValueError, TypeError) as err:
-        raise UserError(str(err)) from None
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
-        raise UserError(f"{path}: its weights do not fit the network it names ({detail[:300]})") from None
-
-
-def _from_checkpoint(path: Path) -> InferenceBundle:
-    state = load_checkpoint(path)
-    missing = [k for k in ("model", "config", "classes", "mean") if k not in state]
-    if missing:
-        hint = ""
-        if any(isinstance(v, torch.Tensor) for v in state.values()):
-            hint = (
-                "; it looks like a bare state dict: for torchvision weights run "
-                f"`resnetlab import-weights torchvision {path} --model resnetN --out FILE` first"
-            )
-        raise UserError(f"{path} is not a resnetlab checkpoint (no {', '.join(repr(k) for k in missing)}){hint}")
-    try:
-        config = config_from_dict(state["config"])
-        dataset = str(state.get("dataset") or config.data.dataset)
-        pre = Preprocessing.from_record(state.get("preprocessing"), state["mean"], dataset)
-        classes = [str(c) for c in state["classes"]]
-        weights = clean_state_dict(dict(state["model"]))
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
-        raise UserError(
-            f"{path}: unreadable model, config, classes or preprocessing entry ({type(err).__name__}: {err})"
-        ) from None
-    options = config.model.options()
-    model = _build(config.model.name, options, len(classes), pre.channels)
-    _load_strict(model, weights, path)
-    data = {
-        "dataset": dataset,
-        "data_dir": config.data.data_dir,
-        "val_split": config.data.val_split,
-        "on_bad_image": config.data.on_bad_image,
-    }
-    extra = {k: state[k] for k in ("iteration", "source") if k in state}
-    return InferenceBundle(model.eval(), classes, pre, config.model.name, options, data, path, extra=extra)
-
-
-def _json_entry(meta: dict[str, str], key: str, path: Path) -> Any:
-    try:
-        return json.loads(meta[key])
-    except (KeyError, json.JSONDecodeError):
-        raise UserError(f"{path}: the safetensors header has no valid {key!r} entry") from None
-
-
-def _from_safetensors(path: Path) -> InferenceBundle:
+def _read_export(path: Path) -> NetworkRecord:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise UserError(
-                    f"{path} is a safetensors file but not a resnetlab export (format {meta.get('format')!r}, "
-                    f"expected {FORMAT!r})"
-                )
+                return NetworkRecord.from_header(meta, {}, path)  # refused there, naming the format it found
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
-    net, classes = _json_entry(meta, "model", path), _json_entry(meta, "classes", path)
-    data, record = _json_entry(meta, "data", path), _json_entry(meta, "preprocessing", path)
-    if MEAN_KEY not in tensors:
-        raise UserError(f"{path}: no {MEAN_KEY!r} tensor")
-    try:
-        pre = Preprocessing.from_record(record, tensors.pop(MEAN_KEY), data.get("dataset", ""))
-        name, options, classes = str(net["name"]), dict(net.get("options", {})), [str(c) for c in classes]
-    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
-        raise UserError(
-            f"{path}: unreadable model, classes or preprocessing entry ({type(err).__name__}: {err})"
-        ) from None
-    model = _build(name, options, len(classes), pre.channels)
-    if net.get("bn_folded"):
-        structure_for_folded(model)
-    _load_strict(model, tensors, path)
-    extra = _json_entry(meta, "extra", path) if "extra" in meta else {}
-    return InferenceBundle(
-        model.eval(), classes, pre, name, options, data, path, folded=bool(net.get("bn_folded")), extra=extra
-    )
+    return NetworkRecord.from_header(meta, tensors, path)
 
 
 def read_bundle(path: str | Path) -> InferenceBundle:
@@ -159,7 +88,13 @@ def read_bundle(path: str | Path) -> InferenceBundle:
         raise UserError(f"{path} is a folder; pass a checkpoint file such as {path / 'checkpoints' / 'last.pt'}")
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
-    return _from_safetensors(path) if is_safetensors(path) else _from_checkpoint(path)
+    if is_safetensors(path):
+        record = _read_export(path)
+        model = record.build(path, prepare=structure_for_folded if record.folded else None)
+    else:
+        record = read_network(path)
+        model = record.build(path)
+    return InferenceBundle(model, record, path, folded=record.folded)
 
 
 def load_bundle(
@@ -178,22 +113,3 @@ def load_bundle(
     )
     bundle.folded = bundle.folded or fold_bn
     return bundle
-
-
-def bundle_metadata(bundle: InferenceBundle, *, folded: bool) -> dict[str, str]:
-    """The safetensors header of an export: JSON strings (the header holds strings only)."""
-    net = {
-        "name": bundle.model_name,
-        "options": bundle.model_options,
-        "num_classes": len(bundle.classes),
-        "in_channels": bundle.preprocessing.channels,
-        "bn_folded": folded,
-    }
-    return {
-        "format": FORMAT,
-        "model": json.dumps(net),
-        "classes": json.dumps(bundle.classes),
-        "preprocessing": json.dumps(bundle.preprocessing.to_record()),
-        "data": json.dumps(bundle.data),
-        "extra": json.dumps({**bundle.extra, "exported_from": str(bundle.source)}, default=str),
-    }

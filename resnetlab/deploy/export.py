@@ -25,13 +25,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import os
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +36,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..checkpoint import MEAN_KEY
 from ..errors import UserError
-from .bundle import MEAN_KEY, InferenceBundle, bundle_metadata, read_bundle
+from ..files import atomic_path
+from .bundle import InferenceBundle, read_bundle
 from .fold import fold_batchnorm
 
 __all__ = ["FORMATS", "TOLERANCE", "ExportReport", "outputs_match", "export_model", "export_command"]
@@ -68,25 +67,15 @@ class ExportReport:
     note: str = ""
 
 
-@contextmanager
-def _atomic(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out``, renamed to ``out`` when the block succeeds, removed otherwise."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have given
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def _header(bundle: InferenceBundle) -> dict[str, str]:
+    """The export's record: the checkpoint's, BN folded, and which file it was exported from."""
+    extra = {**bundle.extra, "exported_from": str(bundle.source)}
+    return replace(bundle.record, extra=extra).header(folded=True)
 
 
 def _record(bundle: InferenceBundle) -> dict[str, Any]:
     """The safetensors header as one JSON object, with the mean as a nested list (torchscript, onnx)."""
-    meta = bundle_metadata(bundle, folded=True)
+    meta = _header(bundle)
     return {
         "format": meta.pop("format"),
         **{k: json.loads(v) for k, v in meta.items()},
@@ -97,7 +86,7 @@ def _record(bundle: InferenceBundle) -> dict[str, Any]:
 def _write_safetensors(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
     tensors = {k: v.detach().contiguous() for k, v in folded.state_dict().items()}
     tensors[MEAN_KEY] = bundle.preprocessing.mean.float().contiguous()
-    save_file(tensors, str(tmp), metadata=bundle_metadata(bundle, folded=True))
+    save_file(tensors, str(tmp), metadata=_header(bundle))
 
 
 def _example(bundle: InferenceBundle, batch: int = 2, grow: int = 0) -> torch.Tensor:
@@ -169,7 +158,7 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path) -> ExportRep
     eager = bundle.model.eval()
     folded = fold_batchnorm(eager)  # an export of an export has no BN left: an unchanged copy
     try:
-        with _atomic(out) as tmp:
+        with atomic_path(out) as tmp:
             WRITERS[fmt](bundle, folded, tmp)
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror or err})") from None

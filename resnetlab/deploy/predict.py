@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from .. import runtime
 from ..data.decode import BadImage, read_image
+from ..data.preprocessing import check_view, view_transform
 from ..errors import UserError
-from ..evaluation.views import VIEWS, class_log_probs, view_transform
 from .bundle import InferenceBundle, load_bundle
+from .scoring import class_log_probs
 
 __all__ = ["Prediction", "predict_images", "predict_command"]
 
@@ -50,8 +52,7 @@ def predict_images(
     in the given order; a file that cannot be read gets a Prediction with ``error`` and no classes."""
     pre = bundle.preprocessing
     view = view or pre.view
-    if view not in VIEWS:
-        raise UserError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+    check_view(view)
     transform = view_transform(view, pre)
     normalize = pre.normalizer().to(device)
     k = max(1, min(top, len(bundle.classes)))
@@ -102,9 +103,7 @@ def predict_command(
 ) -> int:
     """The ``resnetlab predict`` command: one block (or one JSON list) of top classes per image; a line on
     stderr for each unreadable file; exit 1 if any failed."""
-    from ..engine.trainer import resolve_device
-
-    torch_device = resolve_device(device)
+    torch_device = runtime.resolve_device(device)
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     bundle = load_bundle(checkpoint, device=torch_device, compile=compile)

@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import build_network, clean_state_dict, load_checkpoint, network_state, save_checkpoint
 from ..config import DataConfig, ModelConfig, RunConfig
+from ..data.preprocessing import Preprocessing
 from ..data.transforms import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD
-from ..engine.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from ..errors import UserError
-from ..evaluation.views import Preprocessing
-from ..models import create_model
 
 __all__ = ["TORCHVISION_MODELS", "imagenet_classes", "import_torchvision", "import_command"]
 
@@ -81,7 +80,7 @@ def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize:
         raise UserError(f"torchvision publishes {', '.join(TORCHVISION_MODELS)}; got --model {model}")
     state = _state_dict(load_checkpoint(path), path)
     options = {"shortcut": "B", "stride_in_1x1": False}
-    network = create_model(model, **options)
+    network = build_network(model, options, num_classes=1000, in_channels=3)
     _check_keys(state, network.state_dict(), path, model)
     network.load_state_dict(state, strict=True)
 
@@ -93,15 +92,14 @@ def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize:
         data=DataConfig(dataset="imagefolder"),
     )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    checkpoint = {
-        "model": {k: v.clone() for k, v in network.state_dict().items()},
-        "config": config.to_dict(),
-        "classes": imagenet_classes(),
-        "mean": mean,
-        "dataset": "imagefolder",
-        "preprocessing": pre.to_record(),
-        "source": {"format": "torchvision", "file": str(path), "sha256": digest},
-    }
+    checkpoint = network_state(
+        config,
+        imagenet_classes(),
+        pre,
+        {k: v.clone() for k, v in network.state_dict().items()},
+        dataset="imagefolder",
+        source={"format": "torchvision", "file": str(path), "sha256": digest},
+    )
     try:
         return save_checkpoint(checkpoint, out)
     except OSError as err:

@@ -1,18 +1,17 @@
-"""Training: the loop, checkpoints, the LR schedules, distributed helpers, run records, curves."""
+"""Training: the loop over a TrainState, the LR schedules, run directories and their records, curves."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import evaluate, train_step
 from .plot import plot_runs
 from .schedule import LRSchedule, scale_milestones
+from .state import TrainState
 from .trainer import TrainingDiverged, train
 
 __all__ = [
     "LRSchedule",
+    "TrainState",
     "TrainingDiverged",
     "evaluate",
-    "load_checkpoint",
     "plot_runs",
-    "save_checkpoint",
     "scale_milestones",
     "train",
     "train_step",

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from .. import data as rdata
+from .. import runtime
 from ..config import RunConfig
+from ..data.preprocessing import Preprocessing
 from ..data.stream import to_device
 from ..errors import UserError
-from . import comm
 
 __all__ = ["TrainingData", "build_data"]
 
@@ -34,7 +35,7 @@ class TrainingData:
     num_train: int
     train: rdata.InMemoryLoader | rdata.StreamLoader
     evals: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]]  # "test" (the held-out split), "val"
-    preprocessing: dict[str, Any]  # what eval/predict need: scale, image_size, channels, view
+    preprocessing: Preprocessing  # how the network's input is made, as eval, predict and export read it
     source: str  # where the images came from, for the run's record (e.g. the CIFAR-10 JPEG archive)
 
 
@@ -57,7 +58,7 @@ def _use_stream(config: RunConfig) -> bool:
 
 
 def build_data(config: RunConfig, device: torch.device) -> TrainingData:
-    rank, world = comm.get_rank(), comm.get_world_size()
+    rank, world = runtime.get_rank(), runtime.get_world_size()
     per_rank = config.optim.batch_size // world
     return (_stream if _use_stream(config) else _memory)(config, device, rank, world, per_rank)
 
@@ -68,7 +69,7 @@ def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_
     dataset = None
     if rank == 0:  # rank 0 decodes and writes the cache; the others wait, then read it
         dataset = rdata.load_dataset(dc.dataset, dc.data_dir, **kwargs)
-    comm.barrier()
+    runtime.barrier()
     if dataset is None:
         dataset = rdata.load_dataset(dc.dataset, dc.data_dir, progress=False, **kwargs)
     train_split, mean = dataset.train, dataset.mean
@@ -95,12 +96,13 @@ def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_
         name: rdata.InMemoryLoader(split.images, split.labels, batch_size=EVAL_BATCH, train=False, **common)
         for name, split in splits.items()
     }
-    preprocessing = {
-        "scale": train.augment.scale,
-        "image_size": list(dataset.image_size),
-        "channels": dataset.channels,
-        "view": "single",  # the stored images as they are: what this run evaluated on
-    }
+    preprocessing = Preprocessing(
+        mean=mean.cpu(),
+        image_size=(int(dataset.image_size[0]), int(dataset.image_size[1])),
+        channels=dataset.channels,
+        view="single",  # the stored images as they are: what this run evaluated on
+        scale=train.augment.scale,
+    )
     source = f"{dataset.source.path} ({dataset.source.format})" if dataset.source else dataset.name
     return TrainingData(
         dataset.name, list(dataset.classes), mean, len(train_split), train, evals, preprocessing, source
@@ -118,7 +120,7 @@ def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_
         train_index = rdata.verify_images(train_index, on_bad_image=dc.on_bad_image)
         val_index = rdata.verify_images(val_index, on_bad_image=dc.on_bad_image)
         rdata.folder_statistics(train_index)
-    comm.barrier()
+    runtime.barrier()
     if rank != 0 and dc.on_bad_image == "skip":  # the other ranks must leave out the same files
         train_index = rdata.verify_images(train_index, on_bad_image="skip", progress=False)
         val_index = rdata.verify_images(val_index, on_bad_image="skip", progress=False)
@@ -140,7 +142,7 @@ def _stream(config: RunConfig, device: torch.device, rank: int, world: int, per_
     val_set = rdata.FileDataset(val_index, rdata.center_view(mean), on_bad_image=dc.on_bad_image)
     val_loader = rdata.make_loader(val_set, batch_size=max(per_rank, 1), train=False, workers=dc.num_workers)
     evals = {"test": _DeviceBatches(val_loader, device, tc.channels_last)}
-    preprocessing = {"scale": 1 / 255, "image_size": [224, 224], "channels": 3, "view": "center"}
+    preprocessing = Preprocessing(mean=mean.cpu(), image_size=(224, 224), channels=3, view="center", scale=1 / 255)
     source = f"{train_index.root.parent} (imagefolder)"
     return TrainingData(
         "imagefolder", list(train_index.classes), mean, len(train_index.files), train, evals, preprocessing, source

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import comm
+from ..evaluation.metrics import Tally
 
-__all__ = ["autocast", "train_step", "topk_errors", "evaluate"]
+__all__ = ["autocast", "train_step", "evaluate"]
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -42,38 +42,29 @@ def train_step(
     return loss.detach(), mistakes
 
 
-def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
-    """Number of images whose label is not among the top k scores, for each k (capped at the class count)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (B, k)
-    hits = top == labels[:, None]
-    return [(~hits[:, : min(k, logits.shape[1])].any(dim=1)).sum() for k in ks]
-
-
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, *, amp: bool
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    *,
+    num_classes: int,
+    amp: bool,
 ) -> dict[str, float]:
-    """Top-1/top-5 error and mean loss over every image of ``batches``, summed over ranks.
+    """Top-1/top-5 error and mean loss over every image of ``batches``, summed over ranks, counted by the
+    evaluation package's ``Tally`` (what ``resnetlab eval`` counts with).
 
     Each rank passes its own shard, in which every image appears exactly once; sums (not means) are reduced,
     so the result is the same at any world size and no padded image is counted twice.
     """
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1 wrong, top-5 wrong, images
+    tally = Tally(num_classes, device, confusion=False)
     for images, labels in batches:
         with autocast(device, amp):
-            logits = model(images).float()
-        top1, top5 = topk_errors(logits, labels)
-        totals += torch.stack(
-            [
-                F.cross_entropy(logits, labels, reduction="sum").double(),
-                top1.double(),
-                top5.double(),
-                torch.tensor(float(len(labels)), device=device, dtype=torch.float64),
-            ]
-        )
+            logits = model(images).float()  # (B, classes)
+        tally.add(logits.log_softmax(dim=1), labels)
     model.train(was_training)
-    loss, top1, top5, n = comm.all_reduce_sum(totals).tolist()
+    (loss, top1, top5, n), _ = tally.reduce()
     n = max(n, 1.0)
     return {"loss": loss / n, "top1_error": top1 / n, "top5_error": top5 / n, "images": int(n)}

@@ -1,21 +1,19 @@
 """Train a network of the paper with a recipe of the paper: build everything from a RunConfig, then loop.
 
 Call order of one run (``train``):
-  resolve device -> join torchrun's group -> seed -> load data (rank 0 first, to build the cache) ->
-  build model/optimizer/schedule/loaders -> resume (if asked) -> loop: step, log, evaluate, checkpoint ->
-  final checkpoint and curve plot.
+  resolve device -> join torchrun's group -> read the checkpoint to resume (if asked) -> seed -> load data
+  (rank 0 first, to build the cache) -> build the ``TrainState`` (model, optimizer, schedule, loader) ->
+  restore it -> loop: step, log, evaluate, checkpoint, stop -> final checkpoint and curve plot.
 This is the only module that reads a RunConfig; everything it calls takes explicit arguments.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,46 +22,23 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import RunConfig, config_from_dict
+from .. import runtime
+from ..checkpoint import build_network, network_state, read_training_checkpoint, save_checkpoint
+from ..config import RunConfig
 from ..errors import UserError
-from ..models import create_model
 from ..models.norm import group_batchnorm
-from . import comm
-from .checkpoint import capture_rng_state, clean_state_dict, load_checkpoint, restore_rng_state, save_checkpoint
-from .inputs import build_data
+from .inputs import TrainingData, build_data
 from .loop import evaluate, train_step
 from .progress import Progress
 from .rundir import RunDir, environment_record
 from .schedule import LRSchedule
+from .state import TrainState, Window
 
-__all__ = ["train", "TrainingDiverged", "resolve_device", "build_model"]
+__all__ = ["train", "TrainingDiverged", "build_state"]
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
-    if device.type == "cuda" and comm.launched_by_torchrun():
-        device = torch.device("cuda", comm.get_local_rank())
-    return device
-
-
-def build_model(config: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
-    try:
-        return create_model(
-            config.model.name, num_classes=num_classes, in_channels=in_channels, **config.model.options()
-        )
-    except (ValueError, TypeError) as err:
-        raise UserError(str(err)) from None
 
 
 def _set_determinism(seed: int, deterministic: bool) -> None:
@@ -78,69 +53,53 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-@dataclass
-class Window:
-    """Running training statistics since the last evaluation (saved in checkpoints for an exact resume)."""
-
-    loss_sum: float = 0.0
-    mistakes: float = 0.0
-    images: int = 0
-    steps: int = 0
-    data_time: float = 0.0
-    step_time: float = 0.0
-    nonfinite: bool = False
-    pending: list[torch.Tensor] = field(default_factory=list)  # (loss, mistakes, batch) not yet synced
-
-    def add(self, loss: torch.Tensor, mistakes: torch.Tensor, batch: int) -> None:
-        self.pending.append(
-            torch.stack(
-                [loss.double(), mistakes.double(), torch.tensor(float(batch), dtype=torch.float64, device=loss.device)]
+def build_state(config: RunConfig, data: TrainingData, device: torch.device) -> TrainState:
+    """The network (with the config's BN variant, on ``device``), SGD, the LR schedule and the training loader."""
+    mc, oc, sc = config.model, config.optim, config.schedule
+    world = runtime.get_world_size()
+    model = build_network(mc.name, mc.options(), len(data.classes), data.preprocessing.channels)
+    if mc.sync_bn and world > 1:
+        if device.type != "cuda":
+            raise UserError("model.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if mc.bn_group:
+        if (oc.batch_size // world) % mc.bn_group:
+            raise UserError(
+                f"model.bn_group {mc.bn_group} does not divide the per-process batch {oc.batch_size // world}"
             )
-        )
-
-    def sync(self) -> None:
-        """Fold the pending per-step tensors in (one device sync); sums over ranks as well."""
-        if not self.pending:
-            return
-        stacked = torch.stack(self.pending)  # (steps, 3)
-        self.pending = []
-        if not torch.isfinite(stacked[:, 0]).all():
-            self.nonfinite = True
-        sums = comm.all_reduce_sum(stacked.sum(dim=0))
-        loss_sum, mistakes, images = sums.tolist()
-        world = comm.get_world_size()
-        self.loss_sum += loss_sum / world  # each rank's loss is a mean over its share of the global batch
-        self.mistakes += mistakes
-        self.images += int(images)
-        self.steps += len(stacked)
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "train_loss": self.loss_sum / max(self.steps, 1),
-            "train_error": self.mistakes / max(self.images, 1),
-        }
-
-    def state(self) -> dict[str, float]:
-        return {"loss_sum": self.loss_sum, "mistakes": self.mistakes, "images": self.images, "steps": self.steps}
+        model = group_batchnorm(model, mc.bn_group)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay, nesterov=oc.nesterov
+    )
+    schedule = LRSchedule(
+        oc.lr,
+        kind=sc.kind,
+        milestones=sc.milestones,
+        gamma=sc.gamma,
+        warmup_lr=sc.warmup_lr,
+        warmup_until_error=sc.warmup_until_error,
+        plateau_patience=sc.plateau_patience,
+    )
+    return TrainState(model, optimizer, schedule, data.train)
 
 
-def _install_stop_handlers() -> dict[str, Any]:
-    flag: dict[str, Any] = {"signal": None}
-
-    def handler(signum: int, _frame: object) -> None:
-        flag["signal"] = signal.Signals(signum).name
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            signal.signal(sig, handler)
-        except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
-            pass
-    return flag
-
-
-def _stop_requested(flag: dict[str, Any], device: torch.device) -> bool:
-    wanted = torch.tensor([1.0 if flag["signal"] else 0.0], device=device)
-    return bool(comm.all_reduce_sum(wanted).item() > 0) if comm.is_distributed() else flag["signal"] is not None
+def _resume_point(run: RunDir, resume: str | None, config: RunConfig) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to continue from (None for a fresh run), read and checked against ``config``."""
+    path: Path | None = None
+    if resume == "auto":
+        path = run.last if run.last.exists() else None
+    elif resume:
+        path = Path(resume)
+    elif run.last.exists():
+        raise UserError(f"{run.path} already holds a run; continue it with --resume auto, or choose another --out")
+    if path is None:
+        return None, None
+    saved, state = read_training_checkpoint(path)
+    if saved.model != config.model or saved.data.dataset != config.data.dataset:
+        raise UserError(f"{path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's")
+    return path, state
 
 
 def train(
@@ -151,216 +110,213 @@ def train(
     ``resume``: None (a fresh run; refuses a directory that already holds checkpoints), "auto" (continue
     from ``out``'s last checkpoint if there is one) or a checkpoint path.
     """
-    device = resolve_device(config.train.device)
-    comm.init_distributed(device)
-    rank, world = comm.get_rank(), comm.get_world_size()
-    main = rank == 0
-    tc, oc = config.train, config.optim
-    if oc.batch_size % world:
-        raise UserError(f"the global batch {oc.batch_size} does not split evenly over {world} processes")
+    device = runtime.resolve_device(config.train.device)
+    runtime.init_distributed(device)
+    world = runtime.get_world_size()
+    if config.optim.batch_size % world:
+        raise UserError(f"the global batch {config.optim.batch_size} does not split evenly over {world} processes")
     run = RunDir(out)
-
-    resume_path: Path | None = None
-    if resume == "auto":
-        resume_path = run.last if run.last.exists() else None
-    elif resume:
-        resume_path = Path(resume)
-    elif run.last.exists():
-        raise UserError(f"{run.path} already holds a run; continue it with --resume auto, or choose another --out")
-    checkpoint = load_checkpoint(resume_path) if resume_path else None
-    if checkpoint is not None:
-        missing = sorted({"model", "optimizer", "schedule", "loader", "rng", "iteration", "config"} - set(checkpoint))
-        if missing:
-            raise UserError(f"{resume_path} is not a resnetlab training checkpoint (it lacks {', '.join(missing)})")
-        saved = config_from_dict(checkpoint["config"])
-        if saved.model != config.model or saved.data.dataset != config.data.dataset:
-            raise UserError(
-                f"{resume_path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's"
-            )
-
-    _set_determinism(tc.seed, tc.deterministic)
+    resume_path, saved = _resume_point(run, resume, config)
+    _set_determinism(config.train.seed, config.train.deterministic)
     data = build_data(config, device)
-    model = build_model(config, len(data.classes), data.preprocessing["channels"])
-    if config.model.sync_bn and world > 1:
-        if device.type != "cuda":
-            raise UserError("model.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if config.model.bn_group:
-        if (oc.batch_size // world) % config.model.bn_group:
-            raise UserError(
-                f"model.bn_group {config.model.bn_group} does not divide the per-process batch {oc.batch_size // world}"
-            )
-        model = group_batchnorm(model, config.model.bn_group)
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-
-    amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay, nesterov=oc.nesterov
-    )
-    sc = config.schedule
-    schedule = LRSchedule(
-        oc.lr,
-        kind=sc.kind,
-        milestones=sc.milestones,
-        gamma=sc.gamma,
-        warmup_lr=sc.warmup_lr,
-        warmup_until_error=sc.warmup_until_error,
-        plateau_patience=sc.plateau_patience,
-    )
-    train_loader, eval_loaders = data.train, data.evals
-    window = Window()
-    iteration, best_error = 0, math.inf
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"], strict=True)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        train_loader.load_state_dict(checkpoint["loader"])
-        restore_rng_state(checkpoint["rng"])
-        iteration, best_error = int(checkpoint["iteration"]), float(checkpoint["best_error"])
-        for key, value in checkpoint["window"].items():
-            setattr(window, key, value)
-        if main:
-            run.truncate_metrics(iteration)
-    if main:
+    state = build_state(config, data, device)
+    if saved is not None:
+        state.load_state_dict(saved)
+    loop = _Loop(config, run, data, state, device, progress)
+    if loop.main:
+        if saved is not None:
+            run.truncate_metrics(state.iteration)
         run.write_json(run.config, config.to_dict())
         run.write_json(run.env, environment_record(device, world) | {"data_source": data.source})
+        loop.announce(resume_path)
+    result = loop.run()
+    runtime.destroy()
+    return result
 
-    # `model` is what is saved; `inner` (compiled or not) evaluates; `trained` (DDP-wrapped when distributed)
-    # trains. Evaluation bypasses DDP: its shards may hold different numbers of batches per rank.
-    inner = torch.compile(model) if tc.compile else model
-    trained = inner
-    if world > 1:
-        trained = DistributedDataParallel(inner, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def state_dict() -> dict[str, Any]:
-        return {
-            "model": clean_state_dict(model.state_dict()),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scaler": {},
-            "loader": train_loader.state_dict(),
-            "rng": capture_rng_state(),
-            "iteration": iteration,
-            "best_error": best_error,
-            "window": window.state(),
-            "config": config.to_dict(),
-            "classes": data.classes,
-            "mean": data.mean.cpu(),
-            "dataset": data.name,
-            "preprocessing": data.preprocessing,
-        }
+class _Loop:
+    """One run's loop over a ``TrainState``: step, log, evaluate, checkpoint, stop."""
 
-    def save(*extra: Path) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        run: RunDir,
+        data: TrainingData,
+        state: TrainState,
+        device: torch.device,
+        progress: bool | None,
+    ) -> None:
+        self.config, self.run_dir, self.data, self.state, self.device = config, run, data, state, device
+        self.world = runtime.get_world_size()
+        self.main = runtime.get_rank() == 0
+        tc = config.train
+        self.amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
+        # `state.model` is what is saved; `inner` (compiled or not) evaluates; `trained` (DDP-wrapped when
+        # distributed) trains. Evaluation bypasses DDP: its shards may hold different numbers of batches per rank.
+        self.inner = torch.compile(state.model) if tc.compile else state.model
+        self.trained = self.inner
+        if self.world > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.trained = DistributedDataParallel(self.inner, device_ids=ids)
+        self.bar = Progress(total=tc.iterations, initial=state.iteration, enabled=progress, main=self.main)
+        self.signal: str | None = None
+        self.last_record: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        s, tc = self.state, self.config.train
+        self._install_stop_handlers()
+        self.trained.train()
+        batches = self._batches()
+        self.tick = time.perf_counter()
+        while s.iteration < tc.iterations:
+            lr = self.step(batches)
+            evaluating = s.iteration % tc.eval_every == 0 or s.iteration == tc.iterations
+            if s.iteration % tc.log_every == 0 or evaluating:
+                self.log(lr)
+            if evaluating:
+                self.evaluate(lr)
+            if s.iteration % tc.checkpoint_every == 0 or s.iteration == tc.iterations:
+                keep = tc.keep_every and s.iteration % tc.keep_every == 0
+                self.save(*([self.run_dir.periodic(s.iteration)] if keep else []))
+            if self._stop_requested() and s.iteration < tc.iterations:
+                return self.stopped()
+        return self.finished()
+
+    def _batches(self):
+        """The training batches, epoch after epoch: the loader's next pass is the next epoch."""
+        while True:
+            yield from self.state.loader
+
+    def step(self, batches) -> float:
+        """One SGD step at the schedule's lr (and the warm-up's switch, which needs this step's error)."""
+        s = self.state
+        t0 = time.perf_counter()
+        images, labels = next(batches)
+        t1 = time.perf_counter()
+        lr = s.schedule.lr_at(s.iteration)
+        loss, mistakes = train_step(self.trained, s.optimizer, images, labels, lr, amp=self.amp)
+        s.window.add(loss, mistakes, len(labels))
+        s.iteration += 1
+        s.window.data_time += t1 - t0
+        s.window.step_time += time.perf_counter() - t1
+        if s.schedule.in_warmup:
+            s.window.sync()  # the warm-up switch needs this step's global training error now
+            step_error = float(runtime.all_reduce_sum(mistakes.double().clone()).item()) / (len(labels) * self.world)
+            if s.schedule.observe_train_error(s.iteration - 1, step_error) and self.main:
+                self.run_dir.log(
+                    {"iteration": s.iteration, "event": "warmup_done", "lr": s.schedule.lr_at(s.iteration)}
+                )
+                self.bar.write(
+                    f"iteration {s.iteration}: running training error below "
+                    f"{self.config.schedule.warmup_until_error:.0%}, lr back to {self.config.optim.lr}"
+                )
+        return lr
+
+    def log(self, lr: float) -> None:
+        window = self.state.window
         window.sync()
         if window.nonfinite:
+            self.save()  # raises TrainingDiverged without writing
+        summary = window.summary()
+        self.bar.update_to(self.state.iteration, loss=summary["train_loss"], err=summary["train_error"], lr=lr)
+
+    def evaluate(self, lr: float) -> None:
+        s, window = self.state, self.state.window
+        record: dict[str, Any] = {
+            "iteration": s.iteration,
+            "epoch": round(s.iteration * self.config.optim.batch_size / self.data.num_train, 3),
+            "lr": lr,
+            **window.summary(),
+            "images_per_s": window.images / max(window.data_time + window.step_time, 1e-9),
+            "data_wait_s": window.data_time,
+            "wall_s": time.perf_counter() - self.tick,
+        }
+        runtime.broadcast_buffers(s.model)
+        classes = len(self.data.classes)
+        for name, loader in self.data.evals.items():
+            result = evaluate(self.inner, loader, self.device, num_classes=classes, amp=self.amp)
+            record.update({f"{name}_{k}": v for k, v in result.items()})
+        held_out = "val" if "val" in self.data.evals else "test"
+        s.schedule.observe_val_error(record[f"{held_out}_top1_error"])
+        best = "val" in self.data.evals and record["val_top1_error"] < s.best_error
+        if best:
+            s.best_error = record["val_top1_error"]  # model selection on the validation split only
+        s.window = Window()
+        if self.main:
+            self.run_dir.log(record)
+            self.bar.write(
+                f"iteration {s.iteration}: test error {record['test_top1_error']:.2%} "
+                f"(top-5 {record['test_top5_error']:.2%}), train error {record['train_error']:.2%}, "
+                f"loss {record['train_loss']:.3f}, lr {lr:g}, {record['images_per_s']:.0f} images/s"
+            )
+        self.last_record = record
+        if best:
+            self.save(self.run_dir.best)
+
+    def save(self, *extra: Path) -> None:
+        """Write last.pt (and ``extra`` copies) from rank 0; never a state whose loss went non-finite."""
+        s, run = self.state, self.run_dir
+        s.window.sync()
+        if s.window.nonfinite:
             raise TrainingDiverged(
-                f"the training loss became NaN or infinite before iteration {iteration}; stopped without saving, "
+                f"the training loss became NaN or infinite before iteration {s.iteration}; stopped without saving, "
                 f"the last good checkpoint is {run.last if run.last.exists() else 'none'}"
             )
-        if main:
-            state = state_dict()
-            save_checkpoint(state, run.last)
-            for path in extra:
-                save_checkpoint(state, path)
+        if not self.main:
+            return
+        training = s.state_dict()
+        pre = self.data.preprocessing
+        weights = training.pop("model")
+        checkpoint = network_state(self.config, self.data.classes, pre, weights, dataset=self.data.name) | training
+        for path in (run.last, *extra):
+            save_checkpoint(checkpoint, path)
 
-    stop = _install_stop_handlers()
-    bar = Progress(total=tc.iterations, initial=iteration, enabled=progress, main=main)
-    last_record: dict[str, Any] = {}
-    if main and iteration == 0:
-        bar.write(
-            f"training {config.model.name} on {data.name} ({data.num_train} images, {len(data.classes)} classes) "
-            f"for {tc.iterations} iterations of batch {oc.batch_size} on {device}"
-            + (f" x {world} processes" if world > 1 else "")
-        )
-    elif main:
-        bar.write(f"resuming {run.path} at iteration {iteration} from {resume_path}")
+    def announce(self, resume_path: Path | None) -> None:
+        data, s, oc = self.data, self.state, self.config.optim
+        if resume_path is not None and s.iteration > 0:
+            self.bar.write(f"resuming {self.run_dir.path} at iteration {s.iteration} from {resume_path}")
+        elif s.iteration == 0:
+            procs = f" x {self.world} processes" if self.world > 1 else ""
+            self.bar.write(
+                f"training {self.config.model.name} on {data.name} ({data.num_train} images, {len(data.classes)} "
+                f"classes) for {self.config.train.iterations} iterations of batch {oc.batch_size} on "
+                f"{self.device}{procs}"
+            )
 
-    trained.train()
-    batches = iter(train_loader)
-    tick = time.perf_counter()
-    while iteration < tc.iterations:
-        t0 = time.perf_counter()
-        try:
-            images, labels = next(batches)
-        except StopIteration:  # the end of an epoch: the loader's next pass is the next epoch
-            batches = iter(train_loader)
-            images, labels = next(batches)
-        t1 = time.perf_counter()
-        lr = schedule.lr_at(iteration)
-        loss, mistakes = train_step(trained, optimizer, images, labels, lr, amp=amp)
-        window.add(loss, mistakes, len(labels))
-        iteration += 1
-        window.data_time += t1 - t0
-        window.step_time += time.perf_counter() - t1
+    def stopped(self) -> dict[str, Any]:
+        self.save()
+        self.bar.close()
+        if self.main:
+            print(
+                f"stopped by {self.signal or 'another rank'} at iteration {self.state.iteration}; saved "
+                f"{self.run_dir.last}. Continue with: resnetlab train ... --out {self.run_dir.path} --resume auto",
+                file=sys.stderr,
+            )
+        return {"stopped": True, "iteration": self.state.iteration}
 
-        if schedule.in_warmup:
-            window.sync()  # the warm-up switch needs this step's global training error now
-            step_error = float(comm.all_reduce_sum(mistakes.double().clone()).item()) / (len(labels) * world)
-            if schedule.observe_train_error(iteration - 1, step_error) and main:
-                run.log({"iteration": iteration, "event": "warmup_done", "lr": schedule.lr_at(iteration)})
-                bar.write(
-                    f"iteration {iteration}: running training error below {sc.warmup_until_error:.0%}, lr back to {oc.lr}"
-                )
+    def finished(self) -> dict[str, Any]:
+        self.bar.close()
+        if self.main:
+            from .plot import plot_runs
 
-        evaluating = iteration % tc.eval_every == 0 or iteration == tc.iterations
-        if iteration % tc.log_every == 0 or evaluating:
-            window.sync()
-            if window.nonfinite:
-                save()  # raises TrainingDiverged without writing
-            bar.update_to(iteration, loss=window.summary()["train_loss"], err=window.summary()["train_error"], lr=lr)
-        if evaluating:
-            elapsed = time.perf_counter() - tick
-            record: dict[str, Any] = {
-                "iteration": iteration,
-                "epoch": round(iteration * oc.batch_size / data.num_train, 3),
-                "lr": lr,
-                **window.summary(),
-                "images_per_s": window.images / max(window.data_time + window.step_time, 1e-9),
-                "data_wait_s": window.data_time,
-                "wall_s": elapsed,
-            }
-            comm.broadcast_buffers(model)
-            for name, loader in eval_loaders.items():
-                result = evaluate(inner, loader, device, amp=amp)
-                record.update({f"{name}_{k}": v for k, v in result.items()})
-            held_out = "val" if "val" in eval_loaders else "test"
-            schedule.observe_val_error(record[f"{held_out}_top1_error"])
-            extra = []
-            if "val" in eval_loaders and record["val_top1_error"] < best_error:
-                best_error = record["val_top1_error"]  # model selection on the validation split only
-                extra.append(run.best)
-            window = Window()
-            if main:
-                run.log(record)
-                bar.write(
-                    f"iteration {iteration}: test error {record['test_top1_error']:.2%} (top-5 {record['test_top5_error']:.2%}), "
-                    f"train error {record['train_error']:.2%}, loss {record['train_loss']:.3f}, lr {lr:g}, "
-                    f"{record['images_per_s']:.0f} images/s"
-                )
-            last_record = record
-            if extra:
-                save(*extra)
-        if iteration % tc.checkpoint_every == 0 or iteration == tc.iterations:
-            save(*([run.periodic(iteration)] if tc.keep_every and iteration % tc.keep_every == 0 else []))
-        if _stop_requested(stop, device) and iteration < tc.iterations:
-            save()
-            bar.close()
-            if main:
-                print(
-                    f"stopped by {stop['signal'] or 'another rank'} at iteration {iteration}; saved {run.last}. "
-                    f"Continue with: resnetlab train ... --out {run.path} --resume auto",
-                    file=sys.stderr,
-                )
-            comm.destroy()
-            return {"stopped": True, "iteration": iteration}
-    bar.close()
-    if main:
-        from .plot import plot_runs
+            run = self.run_dir
+            plot_runs([run.path], run.curves)
+            final = self.last_record.get("test_top1_error", float("nan"))
+            print(f"done: {run.path}; final test error {final:.2%}; curves in {run.curves}")
+        return self.last_record
 
-        plot_runs([run.path], run.curves)
-        print(
-            f"done: {run.path}; final test error {last_record.get('test_top1_error', float('nan')):.2%}; curves in {run.curves}"
-        )
-    comm.destroy()
-    return last_record
+    def _install_stop_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            self.signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
+                pass
+
+    def _stop_requested(self) -> bool:
+        if not runtime.is_distributed():
+            return self.signal is not None
+        wanted = torch.tensor([1.0 if self.signal else 0.0], device=self.device)
+        return bool(runtime.all_reduce_sum(wanted).item() > 0)

@@ -4,15 +4,11 @@ accuracy, over the whole split with every image counted once on any number of ra
 from .batches import EvalData, default_batch_size, eval_data
 from .evaluator import default_out_dir, eval_command, evaluate_checkpoint, evaluate_model
 from .metrics import EvalResult, Tally, format_result, plot_confusion
-from .views import VIEWS, Preprocessing, class_log_probs, view_transform, views_per_image
 
 __all__ = [
     "EvalData",
     "EvalResult",
-    "Preprocessing",
     "Tally",
-    "VIEWS",
-    "class_log_probs",
     "default_batch_size",
     "default_out_dir",
     "eval_command",
@@ -21,6 +17,4 @@ __all__ = [
     "evaluate_model",
     "format_result",
     "plot_confusion",
-    "view_transform",
-    "views_per_image",
 ]

@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import data as rdata
-from ..engine import comm
+from .. import runtime
+from ..data.preprocessing import Preprocessing, view_transform, views_per_image
 from ..errors import UserError
-from .views import Preprocessing, view_transform, views_per_image
 
 __all__ = ["EvalData", "eval_data", "default_batch_size"]
 
@@ -68,8 +68,8 @@ def default_batch_size(view: str, crop: int, same_size: bool = True) -> int:
 
 def _rank_first(load: Callable[[bool], Any]) -> Any:
     """Rank 0 loads first (and writes the decode cache); the others wait, then read it."""
-    value = load(True) if comm.is_main_process() else None
-    comm.barrier()
+    value = load(True) if runtime.is_main_process() else None
+    runtime.barrier()
     return value if value is not None else load(False)
 
 
@@ -144,7 +144,7 @@ def _in_memory(
     part = dataset.val if split == "val" else dataset.test
     if part.images.shape[1] != pre.channels:
         raise UserError(f"the network takes {pre.channels}-channel images; {name} has {part.images.shape[1]} channels")
-    rank, world = comm.get_rank(), comm.get_world_size()
+    rank, world = runtime.get_rank(), runtime.get_world_size()
     if view == "single" and tuple(part.images.shape[-2:]) == pre.image_size:
         # The engine's evaluation batches, pixels left unnormalised (zero mean, scale 1): the checkpoint's
         # own normalisation follows in class_log_probs.

@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine import comm
+from .. import runtime
+from ..data.preprocessing import Preprocessing, check_view, views_per_image
+from ..deploy.bundle import load_bundle
+from ..deploy.scoring import class_log_probs
 from ..errors import UserError
 from .batches import Batch, eval_data
 from .metrics import EvalResult, Tally, format_result, plot_confusion
-from .views import VIEWS, Preprocessing, class_log_probs, views_per_image
 
 __all__ = ["evaluate_model", "evaluate_checkpoint", "eval_command", "default_out_dir"]
 
@@ -73,10 +75,8 @@ def evaluate_checkpoint(
     """Evaluate a run's checkpoint or an exported safetensors file on ``split`` with ``view`` (default: the
     view it records, ``single`` for CIFAR-style data, ``center`` for the ImageNet layout). Under torchrun
     every rank calls it with the same arguments and gets the same result."""
-    from ..deploy.bundle import load_bundle  # deploy builds on this package's views: imported when used
-
-    if view is not None and view not in VIEWS:
-        raise UserError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+    if view is not None:
+        check_view(view)
     bundle = load_bundle(path, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile)
     pre = bundle.preprocessing
     view = view or pre.view
@@ -89,7 +89,7 @@ def evaluate_checkpoint(
                 f"{data.dataset} {split} has {len(data.classes)} classes; the network in {path} has "
                 f"{len(bundle.classes)}"
             )
-        if comm.is_main_process():
+        if runtime.is_main_process():
             print(
                 f"note: the class names of {data.dataset} ({data.classes[0]!r}, ...) differ from the network's "
                 f"({bundle.classes[0]!r}, ...); labels are matched by index",
@@ -131,10 +131,8 @@ def eval_command(
 ) -> int:
     """The ``resnetlab eval`` command: evaluate, print (text or JSON), write the metrics and the confusion
     matrix. Under torchrun each rank evaluates its shard and rank 0 reports."""
-    from ..engine.trainer import resolve_device
-
-    torch_device = resolve_device(device)
-    comm.init_distributed(torch_device)
+    torch_device = runtime.resolve_device(device)
+    runtime.init_distributed(torch_device)
     try:
         result = evaluate_checkpoint(
             checkpoint,
@@ -146,7 +144,7 @@ def eval_command(
             device=torch_device,
             compile=compile,
         )
-        if comm.is_main_process():
+        if runtime.is_main_process():
             folder = Path(out) if out is not None else default_out_dir(checkpoint)
             stem = f"{result.split}-{result.view}"
             try:
@@ -166,5 +164,5 @@ def eval_command(
                 print(format_result(result))
                 print("wrote " + ", ".join(map(str, written)))
     finally:
-        comm.destroy()
+        runtime.destroy()
     return 0

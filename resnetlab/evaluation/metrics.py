@@ -1,9 +1,9 @@
 """What an evaluation measures: top-1/top-5 error, loss, per-class accuracy, the confusion matrix.
 
-Counts, not means, are accumulated and summed over ranks (``comm.all_reduce_sum``), so each rank passes its
+Counts, not means, are accumulated and summed over ranks (``runtime.all_reduce_sum``), so each rank passes its
 own shard, every image is counted exactly once and the result is the same at any world size (the departure
 PAPER.md Sec. 6 lists, a padded shard counting some images twice, cannot happen). The top-k counts are
-``engine.loop.topk_errors``', the training loop's own.
+``topk_errors``'; the training loop's evaluations count with the same ``Tally``.
 """
 
 from __future__ import annotations
@@ -16,33 +16,42 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine import comm
-from ..engine.loop import topk_errors
+from .. import runtime
 
-__all__ = ["Tally", "EvalResult", "plot_confusion", "format_result"]
+__all__ = ["topk_errors", "Tally", "EvalResult", "plot_confusion", "format_result"]
+
+
+def topk_errors(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of images whose label is not among the top k scores, for each k (capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (B, k)
+    hits = top == labels[:, None]
+    return [(~hits[:, : min(k, logits.shape[1])].any(dim=1)).sum() for k in ks]
 
 
 class Tally:
-    """Running sums of one rank's evaluation: loss, top-1 and top-5 mistakes, images, confusion counts."""
+    """Running sums of one rank's evaluation: loss, top-1 and top-5 mistakes, images, and (unless
+    ``confusion=False``, as in the training loop's evaluations) the confusion counts."""
 
-    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", *, confusion: bool = True) -> None:
         self.num_classes = num_classes
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 wrong, top-5 wrong, images
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)  # (true, predicted)
+        k = num_classes if confusion else 0
+        self.confusion = torch.zeros(k, k, dtype=torch.int64, device=device)  # (true, predicted)
 
     def add(self, log_probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """One batch: ``log_probs`` (B, classes) as :func:`.views.class_log_probs` returns, labels (B,)."""
+        """One batch: ``log_probs`` (B, classes), as ``deploy.scoring.class_log_probs`` returns, labels (B,)."""
         k = self.num_classes
         top1, top5 = topk_errors(log_probs, labels)
         loss = F.nll_loss(log_probs, labels, reduction="sum")
         self.sums += torch.stack([loss.double(), top1.double(), top5.double(), self.sums.new_tensor(len(labels))])
-        pairs = labels * k + log_probs.argmax(dim=1)
-        self.confusion += torch.bincount(pairs, minlength=k * k).view(k, k)
+        if self.confusion.numel():
+            pairs = labels * k + log_probs.argmax(dim=1)
+            self.confusion += torch.bincount(pairs, minlength=k * k).view(k, k)
 
     def reduce(self) -> tuple[list[float], torch.Tensor]:
         """The sums over every rank (a collective: every rank must call it) and the (K, K) confusion counts."""
-        sums = comm.all_reduce_sum(self.sums.clone()).tolist()
-        confusion = comm.all_reduce_sum(self.confusion.clone()).cpu()
+        sums = runtime.all_reduce_sum(self.sums.clone()).tolist()
+        confusion = runtime.all_reduce_sum(self.confusion.clone()).cpu() if self.confusion.numel() else self.confusion
         return sums, confusion
 
 
@@ -85,7 +94,7 @@ class EvalResult:
             class_images=per_class.tolist(),
             class_accuracy=accuracy,
             confusion=confusion.tolist(),
-            world_size=comm.get_world_size(),
+            world_size=runtime.get_world_size(),
             **info,
         )
 

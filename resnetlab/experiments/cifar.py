@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from .. import data as rdata
+from ..checkpoint import model_from_checkpoint
 from ..config import RunConfig, apply_overrides, config_from_dict
-from ..engine import load_checkpoint, scale_milestones, train
-from ..engine.trainer import build_model
+from ..engine import scale_milestones, train
 from ..errors import UserError
 from ..presets import get_preset
 from .figures import plot_fig1, plot_fig6, plot_fig7
@@ -147,16 +147,6 @@ def table6_report(root: Path, out: Path, iterations: int | None = None) -> tuple
     return markdown, [out / "table6.md", write_table6_csv(rows, out / "table6.csv")]
 
 
-def _checkpoint_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    state = load_checkpoint(path)
-    if "config" not in state or "model" not in state:
-        raise UserError(f"{path} is not a resnetlab training checkpoint")
-    config = config_from_dict(state["config"])
-    model = build_model(config, len(state["classes"]), state["preprocessing"]["channels"])
-    model.load_state_dict(state["model"], strict=True)
-    return model.to(device), state
-
-
 def response_claims(mean_std: dict[str, float]) -> dict[str, bool]:
     """The paper's two Fig. 7 claims on mean response stds: each ResNet below its plain twin of the same depth,
     and each ResNet below the next shallower ResNet measured (e.g. resnet56 below resnet20)."""
@@ -191,16 +181,16 @@ def responses(
     stds: dict[str, list[float]] = {}
     for net in nets:
         checkpoint = root / run_name(f"cifar10-{net}", iterations, seed) / "checkpoints" / "last.pt"
-        model, state = _checkpoint_model(checkpoint, dev)
-        config = config_from_dict(state["config"])
+        model, record = model_from_checkpoint(checkpoint)
+        model = model.to(dev)
         dataset = rdata.load_dataset(
-            config.data.dataset, data_dir or config.data.data_dir, val_size=config.data.val_split
+            record.dataset, data_dir or record.data["data_dir"], val_size=record.data["val_split"]
         )
         chosen = {"test": dataset.test, "train": dataset.train, "val": dataset.val}[split]
         if chosen is None:
             raise UserError(f"{checkpoint} was trained without a validation split; use --split test or train")
         loader = rdata.InMemoryLoader(
-            chosen.images, chosen.labels, batch_size=500, mean=state["mean"], train=False, device=dev
+            chosen.images, chosen.labels, batch_size=500, mean=record.preprocessing.mean, train=False, device=dev
         )
         stds[net] = layer_response_stds(model, loader, bn_mode=bn_mode, std_over=std_over)
     mean = {net: sum(v) / len(v) for net, v in stds.items()}

@@ -1,4 +1,5 @@
-"""The paper's test views applied to a network: what a checkpoint expects, each view, the averaged scores.
+"""How a network wants its input (``Preprocessing``, one type for training, evaluation, prediction and
+export) and the paper's test views that bring an image to it.
 
 Views (PAPER.md Sec. 3, the paper's Sec. 3.4 and 4.2), at the network's native size ``S`` (224 on ImageNet):
 
@@ -14,26 +15,22 @@ at 224 these are the paper's numbers exactly. The views themselves are :mod:`res
 (``center_view``, ``ten_crop_views``, ``multiscale_views``), run here without normalisation so that the
 checkpoint's own normalisation (per-pixel mean, or a per-channel mean/std for imported weights) follows.
 
-Scores of one image's views are averaged as probabilities (softmax outputs), as the paper averages
-scores; in log space, ``log mean_v p_v = logsumexp_v log p_v - log V``, which keeps the loss exact.
-For the single view this is the usual log-softmax and cross-entropy.
+How the scores of one image's views are averaged is :mod:`resnetlab.deploy.scoring`'s.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.transforms import MULTISCALE_SIZES, SubtractMean, center_view, multiscale_views, ten_crop_views
 from ..errors import UserError
+from .transforms import MULTISCALE_SIZES, SubtractMean, center_view, multiscale_views, ten_crop_views
 
-__all__ = ["VIEWS", "Preprocessing", "view_transform", "views_per_image", "class_log_probs"]
+__all__ = ["VIEWS", "Preprocessing", "view_transform", "views_per_image", "check_view"]
 
 VIEWS = ("single", "center", "10crop", "multiscale")
 PAPER_SIDE, PAPER_RESIZE = 224, 256  # Sec. 3.4: crops of 224 from the image resized to 256
@@ -116,6 +113,13 @@ class Preprocessing:
         )
 
 
+def check_view(view: str) -> str:
+    """``view`` if it is one of ``VIEWS``, else a one-line UserError listing them."""
+    if view not in VIEWS:
+        raise UserError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+    return view
+
+
 def views_per_image(view: str) -> int:
     return {"single": 1, "center": 1, "10crop": 10, "multiscale": 2 * len(MULTISCALE_SIZES)}[view]
 
@@ -130,8 +134,7 @@ def view_transform(view: str, pre: Preprocessing) -> Callable[[torch.Tensor], to
     """uint8 image (C, H, W) -> float pixel views (0..255, not yet normalised): a tensor (V, C, h, w) for
     ``single``/``center``/``10crop`` (V = 1, 1, 10), a list of V = 10 tensors (C, h_s, w_s) for
     ``multiscale`` (sizes differ). ``pre.normalizer()`` turns them into the network's input."""
-    if view not in VIEWS:
-        raise UserError(f"unknown view {view!r}; views: {', '.join(VIEWS)}")
+    check_view(view)
     zero = torch.zeros(pre.channels)  # the data package's views with no mean subtracted: pixels stay 0..255
     if view == "single":
         return lambda image: _single(image, pre.image_size)
@@ -142,39 +145,3 @@ def view_transform(view: str, pre: Preprocessing) -> Callable[[torch.Tensor], to
         return ten_crop_views(zero, resize=pre.resize_side, crop=pre.crop, scale=1.0)  # (10, C, S, S)
     sides = pre.multiscale_sides
     return lambda image: multiscale_views(image, zero, sizes=sides, flip=True, scale=1.0)
-
-
-def _forward(model: nn.Module, x: torch.Tensor, normalize: nn.Module, channels_last: bool) -> torch.Tensor:
-    x = normalize(x)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return model(x).float().log_softmax(dim=1)  # (N, classes)
-
-
-def class_log_probs(
-    model: nn.Module,
-    views: torch.Tensor | Sequence[torch.Tensor],
-    normalize: nn.Module,
-    *,
-    channels_last: bool = True,
-) -> torch.Tensor:
-    """log of the class probabilities averaged over each image's views, (B, classes).
-
-    ``views``: float pixels (B, V, C, H, W) on the model's device, all V views in one forward pass; or
-    (multi-scale) a list of V tensors (B, C, h_v, w_v), consecutive views of one size (an image and its
-    flip) batched together. ``normalize``: ``Preprocessing.normalizer()``, on the same device.
-    """
-    if isinstance(views, torch.Tensor):
-        b, v = views.shape[:2]
-        log_p = _forward(model, views.flatten(0, 1), normalize, channels_last).view(b, v, -1)  # (B, V, K)
-        return log_p[:, 0] if v == 1 else torch.logsumexp(log_p, dim=1) - math.log(v)
-    per_view: list[torch.Tensor] = []
-    i = 0
-    while i < len(views):
-        j = i
-        while j < len(views) and views[j].shape == views[i].shape:
-            j += 1
-        group = torch.cat(list(views[i:j]))  # ((j - i) * B, C, h, w)
-        per_view += list(_forward(model, group, normalize, channels_last).chunk(j - i))
-        i = j
-    return torch.logsumexp(torch.stack(per_view), dim=0) - math.log(len(per_view))  # (B, K)

@@ -1,4 +1,9 @@
-"""Every rank/world helper in one place (detectron2's comm.py). torchrun is detected from the environment."""
+"""Where a process runs: the device it computes on and its place among torchrun's processes.
+
+Every rank/world helper lives here (detectron2's comm.py), with device resolution, so that training,
+evaluation and prediction resolve ``--device`` and join torchrun's group the same way. torchrun is detected
+from the environment. This module imports nothing of resnetlab's but ``errors``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 __all__ = [
+    "resolve_device",
     "launched_by_torchrun",
     "init_distributed",
     "destroy",
@@ -25,6 +33,22 @@ __all__ = [
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; under torchrun on CUDA, this process's
+    local GPU. A device that does not exist here is a one-line UserError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    if device.type == "cuda" and launched_by_torchrun():
+        device = torch.device("cuda", get_local_rank())
+    return device
 
 
 def init_distributed(device: torch.device) -> None:

@@ -1,0 +1,284 @@
+"""What a resnetlab checkpoint holds, written and read in one place.
+
+Two kinds of file carry a network, and both describe it with one ``NetworkRecord``: the network's name and
+options, its class names, its ``Preprocessing`` (``resnetlab.data.preprocessing``), where its data was, and
+its weights.
+
+- A **checkpoint** (``.pt``) is a plain dict of tensors, numbers and strings, read with
+  ``torch.load(weights_only=True)`` so that a pickle that would run code is refused. Its network part
+  (``NETWORK_KEYS``) is written by ``network_state``, for a training run and for imported torchvision weights
+  alike; a **training checkpoint** adds what a bit-exact resume needs (``TRAINING_KEYS``: the optimizer, the
+  LR schedule, the loader position, the RNG states, the iteration, the best validation error, the running
+  window), which the engine's ``TrainState`` writes and reads.
+- An **export** (``.safetensors``, ``resnetlab export``) holds the (BN-folded) weights as tensors, the mean
+  as the tensor ``MEAN_KEY``, and the rest of the record as JSON strings in the header (``FORMAT``).
+
+``read_network`` and ``read_training_checkpoint`` are the only readers of a ``.pt``; each checks its keys and
+turns every malformed entry into a one-line ``UserError``. ``build_network`` is the one place a recorded
+name and options become a module, ``load_weights`` the one strict load.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import RunConfig, config_from_dict
+from .data.preprocessing import Preprocessing
+from .errors import UserError
+from .files import atomic_write
+from .models import create_model
+
+__all__ = [
+    "FORMAT",
+    "MEAN_KEY",
+    "NETWORK_KEYS",
+    "TRAINING_KEYS",
+    "NetworkRecord",
+    "build_network",
+    "clean_state_dict",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_checkpoint",
+    "network_state",
+    "read_network",
+    "read_training_checkpoint",
+    "save_checkpoint",
+]
+
+FORMAT = "resnetlab.inference/1"  # an export's safetensors header "format" entry
+MEAN_KEY = "preprocessing.mean"  # an export's mean tensor
+NETWORK_KEYS = ("model", "config", "classes", "mean")  # and, optional: preprocessing, dataset, iteration, source
+TRAINING_KEYS = ("optimizer", "schedule", "loader", "rng", "iteration", "best_error", "window")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (``files.atomic_write``): a crash or a kill at any moment
+    leaves the old file or the new one, never a torn one."""
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw dict of a ``.pt`` file, read with ``weights_only=True``; a one-line UserError for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass a checkpoint file such as {path / 'checkpoints' / 'last.pt'}")
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise UserError(
+            f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a resnetlab checkpoint (found a {type(state).__name__}, not a dict)")
+    return state
+
+
+def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from a model state dict."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def build_network(name: str, options: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """``create_model`` with a recorded (or configured) name and options; a bad one is a one-line UserError."""
+    try:
+        return create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """``load_state_dict(strict=True)``; weights that do not fit are a one-line UserError naming ``path``."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise UserError(f"{path}: its weights do not fit the network it names ({detail[:300]})") from None
+    return model
+
+
+@dataclass
+class NetworkRecord:
+    """A network and what it takes to feed it, as a checkpoint or an export records it.
+
+    ``data`` says where its evaluation data was (dataset, data_dir, val_split, on_bad_image), so that
+    ``resnetlab eval`` finds it without being told; ``extra`` carries the iteration and where imported
+    weights came from."""
+
+    name: str
+    options: dict[str, Any]
+    classes: list[str]
+    preprocessing: Preprocessing
+    data: dict[str, Any]
+    weights: dict[str, torch.Tensor] = field(repr=False)
+    folded: bool = False  # BN folded into the convolutions (an export)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.data.get("dataset", ""))
+
+    def build(self, path: Path, prepare: Any = None) -> nn.Module:
+        """The network with its weights loaded strictly, in eval mode. ``prepare(model)`` runs between
+        building and loading (an export's folded structure)."""
+        model = build_network(self.name, self.options, len(self.classes), self.preprocessing.channels)
+        if prepare is not None:
+            prepare(model)
+        return load_weights(model, self.weights, path).eval()
+
+    def header(self, *, folded: bool) -> dict[str, str]:
+        """An export's safetensors header: JSON strings (a safetensors header holds strings only)."""
+        net = {
+            "name": self.name,
+            "options": self.options,
+            "num_classes": len(self.classes),
+            "in_channels": self.preprocessing.channels,
+            "bn_folded": folded,
+        }
+        return {
+            "format": FORMAT,
+            "model": json.dumps(net),
+            "classes": json.dumps(self.classes),
+            "preprocessing": json.dumps(self.preprocessing.to_record()),
+            "data": json.dumps(self.data),
+            "extra": json.dumps(self.extra, default=str),
+        }
+
+    @classmethod
+    def from_header(cls, meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path) -> NetworkRecord:
+        """Read an export: its header and its tensors (the mean among them)."""
+        if meta.get("format") != FORMAT:
+            raise UserError(
+                f"{path} is a safetensors file but not a resnetlab export (format {meta.get('format')!r}, "
+                f"expected {FORMAT!r})"
+            )
+        net, classes = _json_entry(meta, "model", path), _json_entry(meta, "classes", path)
+        data, record = _json_entry(meta, "data", path), _json_entry(meta, "preprocessing", path)
+        extra = _json_entry(meta, "extra", path) if "extra" in meta else {}
+        tensors = dict(tensors)
+        if MEAN_KEY not in tensors:
+            raise UserError(f"{path}: no {MEAN_KEY!r} tensor")
+        mean = tensors.pop(MEAN_KEY)
+        with _entries(path, "model, classes or preprocessing"):
+            return cls(
+                name=str(net["name"]),
+                options=dict(net.get("options", {})),
+                classes=[str(c) for c in classes],
+                preprocessing=Preprocessing.from_record(record, mean, data.get("dataset", "")),
+                data=dict(data),
+                weights=tensors,
+                folded=bool(net.get("bn_folded")),
+                extra=dict(extra),
+            )
+
+
+def network_state(
+    config: RunConfig, classes: list[str], preprocessing: Preprocessing, weights: dict[str, torch.Tensor], **extra: Any
+) -> dict[str, Any]:
+    """The network part of a checkpoint (``NETWORK_KEYS`` and the optional entries); ``extra``: ``dataset``
+    (the dataset's own name), ``iteration``, ``source``."""
+    return {
+        "model": clean_state_dict(weights),
+        "config": config.to_dict(),
+        "classes": list(classes),
+        "mean": preprocessing.mean.detach().cpu(),
+        "preprocessing": preprocessing.to_record(),
+        **extra,
+    }
+
+
+class _entries:
+    """Turns a malformed entry (a wrong type, a missing field) into one line naming the file."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, err: BaseException | None, _tb: object) -> bool:
+        if kind is not None and issubclass(kind, (AttributeError, KeyError, TypeError, ValueError, IndexError)):
+            raise UserError(f"{self.path}: unreadable {self.what} entry ({kind.__name__}: {err})") from None
+        return False
+
+
+def _json_entry(meta: dict[str, str], key: str, path: Path) -> Any:
+    try:
+        return json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(f"{path}: the safetensors header has no valid {key!r} entry") from None
+
+
+def _require(state: dict[str, Any], keys: tuple[str, ...], path: Path, what: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        hint = ""
+        if any(isinstance(v, torch.Tensor) for v in state.values()):
+            hint = (
+                "; it looks like a bare state dict: for torchvision weights run "
+                f"`resnetlab import-weights torchvision {path} --model resnetN --out FILE` first"
+            )
+        raise UserError(f"{path} is not a {what} (it lacks {', '.join(repr(k) for k in missing)}){hint}")
+
+
+def _network_from_state(state: dict[str, Any], path: Path) -> tuple[RunConfig, NetworkRecord]:
+    _require(state, NETWORK_KEYS, path, "resnetlab checkpoint")
+    with _entries(path, "model, config, classes or preprocessing"):
+        config = config_from_dict(state["config"])
+        dataset = str(state.get("dataset") or config.data.dataset)
+        record = NetworkRecord(
+            name=config.model.name,
+            options=config.model.options(),
+            classes=[str(c) for c in state["classes"]],
+            preprocessing=Preprocessing.from_record(state.get("preprocessing"), state["mean"], dataset),
+            data={
+                "dataset": dataset,
+                "data_dir": config.data.data_dir,
+                "val_split": config.data.val_split,
+                "on_bad_image": config.data.on_bad_image,
+            },
+            weights=clean_state_dict(dict(state["model"])),
+            extra={k: state[k] for k in ("iteration", "source") if k in state},
+        )
+    return config, record
+
+
+def read_network(path: str | Path) -> NetworkRecord:
+    """The network a checkpoint (a training run's, or imported weights) records."""
+    path = Path(path)
+    return _network_from_state(load_checkpoint(path), path)[1]
+
+
+def read_training_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A training checkpoint's config and its whole state, checked to hold everything a resume needs."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    _require(state, NETWORK_KEYS + TRAINING_KEYS, path, "resnetlab training checkpoint")
+    config, _ = _network_from_state(state, path)
+    return config, state
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, NetworkRecord]:
+    """The network of a checkpoint, weights loaded strictly, in eval mode on the CPU, with its record."""
+    path = Path(path)
+    record = read_network(path)
+    return record.build(path), record
