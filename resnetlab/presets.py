@@ -26,7 +26,13 @@ def _cifar10(net: str, depth: int) -> RunConfig:
     return RunConfig(
         preset=f"cifar10-{net}{depth}",
         description=f"Table 6 / Fig. 6: {'ResNet' if net == 'resnet' else 'plain'}-{depth} on CIFAR-10, the paper's recipe"
-        + (" with the 0.01 warm-up until training error < 80%" if warmup else ""),
+        + (" with the 0.01 warm-up until training error < 80%" if warmup else "")
+        + (
+            " (the paper states the warm-up for ResNet-110 only and trains ResNet-1202 with the same recipe;"
+            " warming ResNet-1202 up too is this project's reading of the paper, not its statement)"
+            if warmup and depth != 110
+            else ""
+        ),
         model=ModelConfig(name=f"{net}{depth}"),
         data=DataConfig(dataset="cifar10"),
         optim=OptimConfig(batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4),

@@ -209,10 +209,45 @@ def test_zero_init_residual():
         ResNet(BasicBlock, (1, 1, 1), (16, 32, 64), stem="cifar", shortcut=None, zero_init_residual=True)
 
 
-def test_he_initialisation():
+@pytest.mark.parametrize(
+    "name, path",
+    [
+        ("resnet50", "conv1"),  # stem 7x7, 3 -> 64: fan_in 147, fan_out 3,136
+        ("resnet50", "layer1.0.conv3"),  # bottleneck 1x1 expand, 64 -> 256
+        ("resnet50", "layer2.0.conv1"),  # bottleneck 1x1 reduce with stride 2, 256 -> 128
+        ("resnet50", "layer1.0.downsample.0"),  # option B projection, 64 -> 256
+        ("resnet56", "layer2.0.conv1"),  # CIFAR 3x3 with stride 2, 16 -> 32
+        ("plain34", "layer4.0.conv1"),  # 3x3 with stride 2, 256 -> 512
+    ],
+)
+def test_he_initialisation_uses_fan_out(name, path):
+    # He et al. 2015 (the paper's ref. [13]) in fan-out mode, as fb.resnet.torch and torchvision use:
+    # std = sqrt(2 / (k * k * out_channels)). These convs have fan_in != fan_out (by a factor of 2 or
+    # more), so the fan-in std, sqrt(2 / (k * k * in_channels)), is at least 29% away and fails the check.
     torch.manual_seed(0)
-    conv = create_model("resnet56").layer3[0].conv2  # 64 -> 64, 3x3: fan_out = 576
-    assert conv.weight.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.05)
+    conv = create_model(name).get_submodule(path)
+    out_channels, in_channels, kh, kw = conv.weight.shape
+    fan_out, fan_in = out_channels * kh * kw, in_channels * kh * kw
+    assert max(fan_in, fan_out) >= 2 * min(fan_in, fan_out)
+    std = conv.weight.std().item()
+    assert std == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+    assert std != pytest.approx((2 / fan_in) ** 0.5, rel=0.2)
+    assert conv.weight.mean().item() == pytest.approx(0, abs=0.05 * std)
+
+
+def test_bn_and_fc_initialisation():
+    # BN at gamma 1, beta 0; the fc keeps PyTorch's nn.Linear default (U(-b, b) with b = 1/sqrt(fan_in) for
+    # weight and bias), which the code leaves untouched: no He init there.
+    torch.manual_seed(0)
+    model = create_model("resnet50")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.weight.eq(1).all() and m.bias.eq(0).all()
+    fc = model.fc  # 2048 -> 1000
+    bound = 1 / fc.in_features**0.5
+    assert fc.weight.abs().max().item() <= bound and fc.bias.abs().max().item() <= bound
+    assert fc.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)  # the std of U(-b, b)
+    assert fc.bias.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
 
 
 def test_num_classes_and_grayscale_input():

@@ -16,22 +16,21 @@ import torch
 __all__ = ["RunDir", "environment_record"]
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+def _git_commit(package: Path) -> dict[str, Any]:
+    """The git state of the checkout ``package`` was loaded from, all None when git does not track it (an
+    installed wheel, a copied tree): the HEAD commit, whether any tracked file differs from it, and which
+    tracked files under the package do (paths from the checkout's root)."""
+    state: dict[str, Any] = {"git_commit": None, "git_dirty": None, "git_dirty_files": None}
+    # ls-files: a package inside an unrelated checkout (site-packages in a repo's .venv) is not tracked there
+    if _git(package, "ls-files", "--error-unmatch", "--", "__init__.py") is None:
+        return state
+    head = _git(package, "rev-parse", "HEAD")
+    status = _git(package, "status", "--porcelain", "--untracked-files=no")
+    changed = _git(package, "diff", "--name-only", "-z", "HEAD", "--", ".")
+    if head is None or status is None or changed is None:
+        return state
+    files = [name for name in changed.split("\0") if name]
+    return {"git_commit": head.strip(), "git_dirty": bool(status.strip()), "git_dirty_files": files}
 
 
 def environment_record(device: torch.device, world_size: int) -> dict[str, Any]:
@@ -39,9 +38,16 @@ def environment_record(device: torch.device, world_size: int) -> dict[str, Any]:
 
     from .. import __version__
 
+    # The code this process imported: its package directory (not the working directory), that tree's git
+    # state, and a hash of the files, which identifies the code even where git cannot.
+    package = Path(__file__).resolve().parents[1]
+    code_sha256, code_files = _code_sha256(package)
     record = {
         "resnetlab": __version__,
-        "git_commit": _git_commit(),
+        "package_dir": str(package),
+        **_git_commit(package),
+        "code_sha256": code_sha256,
+        "code_files": code_files,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -57,6 +63,28 @@ def environment_record(device: torch.device, world_size: int) -> dict[str, Any]:
         record["gpu"] = torch.cuda.get_device_name(device)
         record["cuda"] = torch.version.cuda
     return record
+
+
+def _git(package: Path, *args: str) -> str | None:
+    """``git args`` run in ``package``'s directory; its output, or None if git is missing or fails."""
+    try:
+        out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _code_sha256(package: Path) -> tuple[str, int]:
+    """sha256 over the package's .py files (relative path, size and content of each, in path order) and their
+    number: names the code a run loaded whether it came from a clean commit, a dirty tree or an installed wheel."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(package.rglob("*.py"), key=lambda p: p.relative_to(package).as_posix())
+    for path in files:
+        data = path.read_bytes()
+        digest.update(f"{path.relative_to(package).as_posix()}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest(), len(files)
 
 
 class RunDir:
