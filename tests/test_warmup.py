@@ -12,8 +12,9 @@ from pathlib import Path
 
 import resnetlab.data.datasets as datasets
 import resnetlab.engine.trainer as trainer
+from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import apply_overrides
-from resnetlab.engine import load_checkpoint, train
+from resnetlab.engine import train
 from resnetlab.presets import get_preset
 
 WINDOW = 20  # LRSchedule's default warm-up window: the running error is the mean of the last 20 steps

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..files import atomic_path
 
 __all__ = ["cache_root", "fingerprint", "file_key", "save_tensors", "load_tensors", "sha256_of"]
 
@@ -80,16 +80,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     ``path`` is named ``<stem>-<key16>.safetensors``; siblings ``<stem>-*.safetensors`` are stale versions.
     Metadata values are stored as JSON strings.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        contiguous = {k: v.contiguous() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata={k: json.dumps(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
     stem = path.name.rsplit("-", 1)[0]
     stale = re.compile(re.escape(stem) + r"-[0-9a-f]{16}\.safetensors")
     for old in path.parent.iterdir():

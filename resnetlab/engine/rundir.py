@@ -1,4 +1,10 @@
-"""A run directory is its own record: resolved config, environment, metrics (JSON lines), checkpoints."""
+"""A run directory is its own record: resolved config, environment, metrics (JSON lines), checkpoints.
+
+``RunDir`` names its files and writes them (rank 0 only); ``read_record`` is how everything else (``plot``,
+the experiments, the results page) reads a run back. Figures and tables are drawn from these records only
+(never from numbers typed in), and a reported test error is the final iteration's: no model is selected
+on the test set.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,16 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["RunDir", "environment_record"]
+from ..errors import UserError
+from ..files import atomic_write, read_jsonl, write_json
+
+__all__ = ["RunDir", "RunRecord", "environment_record", "read_record"]
 
 
 def _git_commit(package: Path) -> dict[str, Any]:
@@ -104,10 +114,7 @@ class RunDir:
         return self.checkpoints / f"iter_{iteration:07d}.pt"
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json(path, data)
 
     def log(self, record: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -115,13 +122,72 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl; a torn last line is dropped with a warning (``files.read_jsonl``)."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.metrics)
 
     def truncate_metrics(self, iteration: int) -> None:
-        """Drop records written after ``iteration`` (the checkpoint a resumed run starts from)."""
+        """Drop records written after ``iteration`` (the checkpoint a resumed run starts from), and a torn
+        last line, atomically."""
         kept = [r for r in self.read_metrics() if r.get("iteration", 0) <= iteration]
-        tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics)
+        atomic_write(self.metrics, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)), text=True)
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict[str, Any]
+    evals: list[dict[str, Any]]  # evaluation lines of metrics.jsonl, by iteration
+    env: dict[str, Any]  # env.json: versions, device, the data source
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def iterations(self) -> int:
+        return int(self.config["train"]["iterations"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["train"]["seed"])
+
+    @property
+    def data(self) -> str:
+        return str(self.env.get("data_source") or self.config["data"].get("data_dir") or self.config["data"]["dataset"])
+
+    @property
+    def reached(self) -> int:
+        """The iteration of the last evaluation (0 before the first)."""
+        return int(self.evals[-1]["iteration"]) if self.evals else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.reached >= self.iterations
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last evaluation: the reported number (no selection on the test set)."""
+        return self.evals[-1]
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        points = [(r["iteration"], r[key]) for r in self.evals if key in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+
+def read_record(path: str | Path) -> RunRecord:
+    """A run directory's record, as ``plot``, the experiments and the results page read it. A torn last line
+    of metrics.jsonl (a write cut short) is left out with a warning; the run's next resume rewrites it."""
+    run = RunDir(path)
+    if not run.config.is_file() or not run.metrics.is_file():
+        raise UserError(f"{run.path} is not a run directory (needs config.json and metrics.jsonl)")
+    evals = sorted((r for r in run.read_metrics() if "test_top1_error" in r), key=lambda r: r["iteration"])
+    return RunRecord(run.path, _read_json(run.config), evals, _read_json(run.env) if run.env.is_file() else {})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None

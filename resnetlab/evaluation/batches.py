@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from .. import data as rdata
 from .. import runtime
 from ..data.preprocessing import Preprocessing, view_transform, views_per_image
-from ..errors import UserError
+from ..errors import UserError, user_message
 
 __all__ = ["EvalData", "eval_data", "default_batch_size"]
 
@@ -88,8 +88,7 @@ def _unwrapped(batches: Iterable[Batch | None]) -> Iterator[Batch]:
             if batch is not None:
                 yield batch
     except UserError as err:
-        last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-        raise UserError(last.split("UserError: ", 1)[-1]) from None
+        raise UserError(user_message(err)) from None
 
 
 def _files(

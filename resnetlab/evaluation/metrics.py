@@ -113,16 +113,14 @@ class EvalResult:
 def plot_confusion(result: EvalResult, path: Path) -> Path:
     """The confusion matrix as a PNG: rows are true classes, columns predictions, each row normalised to
     sum to 1 (so the diagonal is the per-class accuracy); class names on the axes up to 30 classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a file is drawn without touching the user's backend
 
     counts = torch.tensor(result.confusion, dtype=torch.float64)
     rates = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     k = len(result.classes)
     side = min(4.0 + 0.35 * k, 16.0)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.subplots()
     image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if k <= 30:
@@ -151,7 +149,6 @@ def plot_confusion(result: EvalResult, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

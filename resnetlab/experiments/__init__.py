@@ -1,8 +1,17 @@
 """The paper's experiments, each one command that draws only from run records (Sec. 4.2)."""
 
-from .cifar import DEGRADATION_NETS, RESPONSE_NETS, degradation, ensure_run, experiment_config, responses, table6_report
+from ..engine.rundir import RunRecord, read_record
+from .cifar import (
+    DEGRADATION_NETS,
+    RESPONSE_NETS,
+    degradation,
+    ensure_run,
+    experiment_config,
+    responses,
+    run_name,
+    table6_report,
+)
 from .figures import plot_fig1, plot_fig6, plot_fig7
-from .records import RunRecord, read_record, run_name
 from .responses import layer_response_stds, response_layers
 from .table6 import table6
 

@@ -18,10 +18,10 @@ from .. import data as rdata
 from ..checkpoint import model_from_checkpoint
 from ..config import RunConfig, apply_overrides, config_from_dict
 from ..engine import scale_milestones, train
+from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..presets import get_preset
 from .figures import plot_fig1, plot_fig6, plot_fig7
-from .records import RunRecord, read_record, run_name
 from .responses import layer_response_stds
 from .table6 import format_table6, table6, write_table6_csv
 
@@ -49,6 +49,11 @@ DEGRADATION_NETS = [
 ]
 RESPONSE_NETS = ["plain20", "plain56", "resnet20", "resnet56", "resnet110"]
 PAPER_ITERATIONS = 64000
+
+
+def run_name(preset: str, iterations: int, seed: int) -> str:
+    """The folder of one experiment run, e.g. ``cifar10-plain56-it8000-seed0``."""
+    return f"{preset}-it{iterations}-seed{seed}"
 
 
 def experiment_config(net: str, iterations: int, seed: int, data_dir: str | None, eval_points: int = 32) -> RunConfig:

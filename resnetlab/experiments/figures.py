@@ -10,7 +10,7 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
-from .records import RunRecord
+from ..engine.rundir import RunRecord
 
 __all__ = [
     "mean_curves",
@@ -24,13 +24,13 @@ __all__ = [
 ]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(rows: int, cols: int, figsize: tuple[float, float], **kwargs):
+    """A figure that belongs to no GUI (``matplotlib.figure.Figure``, not pyplot): drawing a file never
+    touches the user's backend, and needs no ``matplotlib.use``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **kwargs)
 
 
 def mean_curves(records: list[RunRecord]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -78,13 +78,12 @@ def _title(fig, text: str, width: int) -> None:
 
 
 def save_figure(fig, out: Path) -> list[Path]:
-    """``out``.png and ``out``.svg; closes the figure."""
+    """``out``.png and ``out``.svg."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
     for path in paths:
         fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
     return paths
 
 
@@ -102,9 +101,8 @@ def plot_fig7(stds: dict[str, list[float]], out: Path, note: str) -> list[Path]:
 
 def figure_fig1(records: list[RunRecord], note: str):
     """Fig. 1: training error (left) and test error (right) of plain-20 and plain-56."""
-    plt = _pyplot()
     curves = mean_curves(records)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = _figure(1, 2, (10, 4))
     for ax, kind, title in ((left, "train", "training error"), (right, "test", "test error")):
         _draw(ax, curves, ["plain20", "plain56"], kinds=(kind,))
         ax.set_title(f"{title}: plain-20 vs plain-56")
@@ -114,9 +112,8 @@ def figure_fig1(records: list[RunRecord], note: str):
 
 def figure_fig6(records: list[RunRecord], note: str):
     """Fig. 6: plain nets (left), ResNets (middle), ResNet-110 vs ResNet-1202 (right)."""
-    plt = _pyplot()
     curves = mean_curves(records)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    fig, axes = _figure(1, 3, (15, 4.2), sharey=True)
     panels = [
         ("plain networks", ["plain20", "plain32", "plain44", "plain56"]),
         ("ResNets", ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]),
@@ -132,8 +129,7 @@ def figure_fig6(records: list[RunRecord], note: str):
 
 def figure_fig7(stds: dict[str, list[float]], note: str):
     """Fig. 7: std of each 3x3 layer's response, in layer order (top) and sorted descending (bottom)."""
-    plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7))
+    fig, (top, bottom) = _figure(2, 1, (8, 7))
     for model, values in stds.items():
         top.plot(range(1, len(values) + 1), values, marker=".", linewidth=1, label=model)
         bottom.plot(range(1, len(values) + 1), sorted(values, reverse=True), marker=".", linewidth=1, label=model)

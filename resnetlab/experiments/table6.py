@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ..engine.rundir import RunRecord
 from ..models import count_parameters, create_model
 from ..paper import TABLE6_TEST_ERROR
-from .records import RunRecord
 
 __all__ = ["Table6Row", "table6", "format_table6", "write_table6_csv"]
 
