@@ -19,6 +19,7 @@ import resnetlab.engine.trainer as trainer
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import apply_overrides
 from resnetlab.engine import train
+from resnetlab.engine.rundir import read_record
 from resnetlab.errors import UserError
 from resnetlab.presets import get_preset
 
@@ -171,6 +172,38 @@ def test_crash_between_checkpoints_resumes_from_the_last_one(reference, tmp_path
     train(tiny_config(data), run, resume="auto", progress=False)
     assert_same_weights(ref_run, run)
     assert metrics(run) == metrics(ref_run)  # the records after iteration 8 were rewritten, not duplicated
+
+
+def test_a_torn_last_metrics_line_is_dropped_then_rewritten_on_resume(reference, tmp_path, monkeypatch):
+    """Power lost mid-write leaves half a JSON line: plot and resume warn and go on (issue 10, item 6)."""
+    ref_run, data = reference
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+
+    def crash():
+        raise RuntimeError("power cut")
+
+    _fail_at(monkeypatch, 11, crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(tiny_config(data), run, progress=False)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 10, "train_loss": 0.5, "tes')  # torn: no end, no newline
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert [r["iteration"] for r in read_record(run).evals] == [5, 10]
+    monkeypatch.undo()
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning, match="torn last line"):
+        train(tiny_config(data), run, resume="auto", progress=False)
+    assert metrics(run) == metrics(ref_run)  # the torn line is gone, nothing duplicated
+
+
+def test_a_damaged_metrics_line_before_the_last_is_a_one_line_error(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"iteration": 1}\nnot json\n{"iteration": 2}\n')
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        read_record(run)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
