@@ -1,9 +1,9 @@
-"""`resnetlab` on the command line: each sub-command parses its options and calls one plain function."""
+"""`resnetlab` on the command line: each sub-command parses its options, calls one plain function and prints
+what it returns; the formatting lives beside the function (``format_models``, ``format_presets``, ...)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -14,19 +14,10 @@ __all__ = ["main", "build_parser"]
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models.summary import format_size_table, size_table
+    from .models.summary import format_models, size_table
 
     rows = size_table(variants=not args.no_variants, family=args.family)
-    if args.json:
-        print(json.dumps([row.to_json() for row in rows], indent=2))
-    else:
-        print(format_size_table(rows, markdown=args.markdown))
-        checked = [row for row in rows if row.paper_parameters or row.paper_multiply_adds]
-        agree = sum(row.matches for row in checked)
-        print(
-            f"\n{len(rows)} networks; {agree} of the {len(checked)} with a figure in the paper agree with it "
-            "(parameters exactly, multiply-adds within 0.5%, or to the digits Table 1 gives)."
-        )
+    print(format_models(rows, markdown=args.markdown, as_json=args.json))
     mismatches = [row.name for row in rows if not row.matches]
     if args.check and mismatches:
         print(f"resnetlab: error: differs from the paper: {', '.join(mismatches)}", file=sys.stderr)
@@ -137,22 +128,9 @@ def _add_train(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from .presets import PRESETS
+    from .presets import format_presets
 
-    if args.json:
-        print(json.dumps({name: cfg.to_dict() for name, cfg in PRESETS.items()}, indent=2))
-        return 0
-    width = max(map(len, PRESETS))
-    for name, cfg in PRESETS.items():
-        s, t = cfg.schedule, cfg.train
-        when = f"/10 at {', '.join(f'{m:,}' for m in s.milestones)}" if s.kind == "steps" else "/10 on plateau"
-        print(
-            f"{name:<{width}}  {cfg.model.name:<10} {cfg.data.dataset:<13} batch {cfg.optim.batch_size:<3} "
-            f"lr {cfg.optim.lr:g} {when}; {t.iterations:,} iterations"
-            + (f", warm-up {s.warmup_lr:g}" if s.warmup_lr else "")
-        )
-        if args.verbose:
-            print(f"{'':<{width}}  {cfg.description}")
+    print(format_presets(verbose=args.verbose, as_json=args.json))
     return 0
 
 
@@ -338,11 +316,10 @@ def _experiment(args: argparse.Namespace) -> int:
             args.eval_points,
             train_missing=not args.no_train,
         )
-        print("wrote " + ", ".join(map(str, paths)))
+        print(experiments.format_written(paths))
     elif args.which == "table6":
         markdown, paths = experiments.table6_report(root, out, args.iterations)
-        print(markdown)
-        print("wrote " + ", ".join(map(str, paths)))
+        print(experiments.format_table6(markdown, paths))
     else:
         summary = experiments.responses(
             root,
@@ -355,11 +332,7 @@ def _experiment(args: argparse.Namespace) -> int:
             bn_mode=args.bn_mode,
             std_over=args.std_over,
         )
-        for net, value in summary["mean_std"].items():
-            print(f"{net:<10} mean response std {value:.4f}")
-        for claim, held in summary["claims"].items():
-            print(f"paper's claim, {claim}: {'holds' if held else 'does NOT hold'}")
-        print("wrote " + ", ".join(summary["figures"]))
+        print(experiments.format_responses(summary))
     return 0
 
 

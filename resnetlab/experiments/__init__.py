@@ -3,6 +3,7 @@
 from .cifar import DEGRADATION_NETS, RESPONSE_NETS, degradation, ensure_run, experiment_config, responses, table6_report
 from .figures import plot_fig1, plot_fig6, plot_fig7
 from .records import RunRecord, read_record, run_name
+from .report import format_responses, format_table6, format_written
 from .responses import layer_response_stds, response_layers
 from .table6 import table6
 
@@ -13,6 +14,9 @@ __all__ = [
     "degradation",
     "ensure_run",
     "experiment_config",
+    "format_responses",
+    "format_table6",
+    "format_written",
     "layer_response_stds",
     "plot_fig1",
     "plot_fig6",
