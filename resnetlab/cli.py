@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import train_flags
+from .config import Flag, train_flags
 from .errors import UserError, user_message
 
 __all__ = ["main", "build_parser"]
@@ -95,15 +97,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse ``type`` from a config parser: its UserError becomes argparse's usage error (exit 2)."""
+def _typed(flag: Flag) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses with the config's own parser. A value it refuses is argparse's usage
+    error (exit 2), worded as argparse words it for a plain type ("argument --iterations: invalid int value:
+    'ten'"), as it was before the flags were generated; other types keep the config's message (a Literal's
+    choices)."""
+    union = typing.get_origin(flag.annotation) in (typing.Union, types.UnionType)
+    (kind, *_) = [t for t in typing.get_args(flag.annotation) if t is not type(None)] if union else [flag.annotation]
+    plain = isinstance(kind, type) and not typing.get_args(kind)  # int, float, bool, str; not list[int], Literal
 
     def convert(text: str) -> Any:
         try:
-            return parse(text)
+            return flag.parse(text)
         except UserError as err:
+            if plain:
+                raise ValueError(text) from None  # argparse: "invalid {convert.__name__} value: {text!r}"
             raise argparse.ArgumentTypeError(str(err)) from None
 
+    convert.__name__ = kind.__name__ if plain else "value"
     return convert
 
 
@@ -118,7 +129,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", required=True, metavar="NAME", help="e.g. cifar10-resnet20, fashion-mnist-resnet20")
     for f in train_flags():
-        p.add_argument(f.name, dest=f.dest, type=_typed(f.parse), metavar=f.metavar, help=f.help)
+        p.add_argument(f.name, dest=f.dest, type=_typed(f), metavar=f.metavar, help=f.help)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from RUN_DIR's last checkpoint (auto) or a file")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any other config field; repeatable")
