@@ -1,32 +1,34 @@
-"""`resnetlab` on the command line: each sub-command parses its options and calls one plain function."""
+"""`resnetlab` on the command line: each sub-command parses its options, calls one plain function and prints
+what it returns; the formatting lives beside the function (``format_models``, ``format_presets``, ...).
+
+``resnetlab train``'s first-class flags (--iterations, --batch-size, ...) are generated from the config fields
+that declare them (``resnetlab.config.train_flags``), parsed by the config's own parser and set as typed values;
+every other field is ``--set section.key=value``. Plain argparse rather than jsonargparse: that would be a new
+dependency, and it would change the CLI users see (its flags are --train.iterations, its help and its errors
+read differently).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from .config import Flag, train_flags
 from .errors import UserError, user_message
 
 __all__ = ["main", "build_parser"]
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .models.summary import format_size_table, size_table
+    from .models.summary import format_models, size_table
 
     rows = size_table(variants=not args.no_variants, family=args.family)
-    if args.json:
-        print(json.dumps([row.to_json() for row in rows], indent=2))
-    else:
-        print(format_size_table(rows, markdown=args.markdown))
-        checked = [row for row in rows if row.paper_parameters or row.paper_multiply_adds]
-        agree = sum(row.matches for row in checked)
-        print(
-            f"\n{len(rows)} networks; {agree} of the {len(checked)} with a figure in the paper agree with it "
-            "(parameters exactly, multiply-adds within 0.5%, or to the digits Table 1 gives)."
-        )
+    print(format_models(rows, markdown=args.markdown, as_json=args.json))
     mismatches = [row.name for row in rows if not row.matches]
     if args.check and mismatches:
         print(f"resnetlab: error: differs from the paper: {', '.join(mismatches)}", file=sys.stderr)
@@ -34,7 +36,7 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_models(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
         help="list the paper's networks with measured parameters and multiply-adds beside the paper's figures",
@@ -48,7 +50,7 @@ def _add_models(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
     fmt.add_argument("--markdown", action="store_true", help="a Markdown table (as in the README)")
     fmt.add_argument("--json", action="store_true", help="JSON, one object per network")
     p.add_argument("--check", action="store_true", help="exit 1 if any count differs from the paper")
-    return _models
+    p.set_defaults(func=_models)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -63,7 +65,7 @@ def _data(args: argparse.Namespace) -> int:
     )
 
 
-def _add_data(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
         help="find, decode and describe a dataset: splits, classes and counts, image size, mean image, cache",
@@ -77,40 +79,46 @@ def _add_data(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading when not found")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (counted) instead of failing")
-    return _data
+    p.set_defaults(func=_data)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import apply_overrides
+    from .config import parse_overrides, set_values
     from .engine import train
     from .presets import get_preset
 
     config = get_preset(args.preset)
-    overrides = list(args.set or [])
-    for flag, key in _TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    config = apply_overrides(config, overrides)
+    values = parse_overrides(args.set or [])
+    # A first-class flag wins over --set for the same field; its value is already typed.
+    values |= {f.key: getattr(args, f.dest) for f in train_flags() if getattr(args, f.dest) is not None}
+    config = set_values(config, values)
     out = args.out or f"runs/{config.preset}"
     train(config, out, resume=args.resume)
     return 0
 
 
-# First-class `train` flags and the config field each one sets (anything else: --set section.key=value).
-_TRAIN_FLAGS = {
-    "data_dir": "data.data_dir",
-    "train_subset": "data.train_subset",
-    "iterations": "train.iterations",
-    "batch_size": "optim.batch_size",
-    "eval_every": "train.eval_every",
-    "checkpoint_every": "train.checkpoint_every",
-    "seed": "train.seed",
-    "device": "train.device",
-}
+def _typed(flag: Flag) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses with the config's own parser. A value it refuses is argparse's usage
+    error (exit 2), worded as argparse words it for a plain type ("argument --iterations: invalid int value:
+    'ten'"), as it was before the flags were generated; other types keep the config's message (a Literal's
+    choices)."""
+    union = typing.get_origin(flag.annotation) in (typing.Union, types.UnionType)
+    (kind, *_) = [t for t in typing.get_args(flag.annotation) if t is not type(None)] if union else [flag.annotation]
+    plain = isinstance(kind, type) and not typing.get_args(kind)  # int, float, bool, str; not list[int], Literal
+
+    def convert(text: str) -> Any:
+        try:
+            return flag.parse(text)
+        except UserError as err:
+            if plain:
+                raise ValueError(text) from None  # argparse: "invalid {convert.__name__} value: {text!r}"
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = kind.__name__ if plain else "value"
+    return convert
 
 
-def _add_train(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a network with one of the paper's recipes (`resnetlab presets` lists them)",
@@ -120,47 +128,26 @@ def _add_train(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace]
         "the ranks. Ctrl-C (or SIGTERM) finishes the step, saves and exits 0; --resume auto continues.",
     )
     p.add_argument("--preset", required=True, metavar="NAME", help="e.g. cifar10-resnet20, fashion-mnist-resnet20")
-    p.add_argument("--data-dir", metavar="DIR", help="where the dataset is (then $RESNETLAB_DATA, the system location)")
+    for f in train_flags():
+        p.add_argument(f.name, dest=f.dest, type=_typed(f), metavar=f.metavar, help=f.help)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
-    p.add_argument(
-        "--iterations", type=int, metavar="N", help="total training iterations (the schedule is not rescaled)"
-    )
-    p.add_argument("--batch-size", type=int, metavar="N", help="global mini-batch")
-    p.add_argument("--eval-every", type=int, metavar="N", help="evaluate every N iterations")
-    p.add_argument("--checkpoint-every", type=int, metavar="N", help="save last.pt every N iterations")
-    p.add_argument("--seed", type=int, help="random seed (data order, augmentation, initialisation)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--train-subset", type=int, metavar="N", help="train on the first N training images only")
     p.add_argument("--resume", metavar="auto|PATH", help="continue from RUN_DIR's last checkpoint (auto) or a file")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any other config field; repeatable")
-    return _train
+    p.set_defaults(func=_train)
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from .presets import PRESETS
+    from .presets import format_presets
 
-    if args.json:
-        print(json.dumps({name: cfg.to_dict() for name, cfg in PRESETS.items()}, indent=2))
-        return 0
-    width = max(map(len, PRESETS))
-    for name, cfg in PRESETS.items():
-        s, t = cfg.schedule, cfg.train
-        when = f"/10 at {', '.join(f'{m:,}' for m in s.milestones)}" if s.kind == "steps" else "/10 on plateau"
-        print(
-            f"{name:<{width}}  {cfg.model.name:<10} {cfg.data.dataset:<13} batch {cfg.optim.batch_size:<3} "
-            f"lr {cfg.optim.lr:g} {when}; {t.iterations:,} iterations"
-            + (f", warm-up {s.warmup_lr:g}" if s.warmup_lr else "")
-        )
-        if args.verbose:
-            print(f"{'':<{width}}  {cfg.description}")
+    print(format_presets(verbose=args.verbose, as_json=args.json))
     return 0
 
 
-def _add_presets(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_presets(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list the training presets, one per experiment of the paper")
     p.add_argument("-v", "--verbose", action="store_true", help="also print each preset's description")
     p.add_argument("--json", action="store_true", help="every preset's full config as JSON")
-    return _presets
+    p.set_defaults(func=_presets)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -171,12 +158,12 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_plot(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="overlay the training curves of run directories (the paper's Fig. 6 style)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="curves.png", help="PNG (or SVG, PDF) to write (default curves.png)")
     p.add_argument("--title", help="figure title")
-    return _plot
+    p.set_defaults(func=_plot)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -196,7 +183,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint or an exported file with the paper's test views: errors, per-class accuracy",
@@ -235,7 +222,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace],
         help="torch.compile with freezing: faster per image after a "
         "compilation of seconds to a minute (worth it on large splits)",
     )
-    return _eval
+    p.set_defaults(func=_eval)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -252,7 +239,7 @@ def _predict(args: argparse.Namespace) -> int:
     )
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify image files with a checkpoint: top classes with probabilities",
@@ -269,7 +256,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespac
     p.add_argument("--json", action="store_true", help="JSON, one object per image")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile with freezing (pays off on many images)")
-    return _predict
+    p.set_defaults(func=_predict)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -278,7 +265,7 @@ def _export(args: argparse.Namespace) -> int:
     return export_command(args.checkpoint, args.format, args.out)
 
 
-def _add_export(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
         help="export a checkpoint, BatchNorm folded: safetensors (read by eval/predict), torchscript or onnx",
@@ -289,7 +276,7 @@ def _add_export(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint (or an export)")
     p.add_argument("--format", required=True, choices=("safetensors", "torchscript", "onnx"))
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
-    return _export
+    p.set_defaults(func=_export)
 
 
 def _import_weights(args: argparse.Namespace) -> int:
@@ -298,7 +285,7 @@ def _import_weights(args: argparse.Namespace) -> int:
     return import_command(args.source, args.file, args.model, args.out, resize=args.resize)
 
 
-def _add_import_weights(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_import_weights(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import-weights",
         help="turn torchvision's ImageNet ResNet weights (a local .pth) into a resnetlab checkpoint",
@@ -317,7 +304,7 @@ def _add_import_weights(sub: argparse._SubParsersAction) -> Callable[[argparse.N
         metavar="N",
         help="centre view's shorter side: 256 for IMAGENET1K_V1 weights, 232 for IMAGENET1K_V2",
     )
-    return _import_weights
+    p.set_defaults(func=_import_weights)
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -338,11 +325,10 @@ def _experiment(args: argparse.Namespace) -> int:
             args.eval_points,
             train_missing=not args.no_train,
         )
-        print("wrote " + ", ".join(map(str, paths)))
+        print(experiments.format_written(paths))
     elif args.which == "table6":
         markdown, paths = experiments.table6_report(root, out, args.iterations)
-        print(markdown)
-        print("wrote " + ", ".join(map(str, paths)))
+        print(experiments.format_table6_report(markdown, paths))
     else:
         summary = experiments.responses(
             root,
@@ -355,15 +341,11 @@ def _experiment(args: argparse.Namespace) -> int:
             bn_mode=args.bn_mode,
             std_over=args.std_over,
         )
-        for net, value in summary["mean_std"].items():
-            print(f"{net:<10} mean response std {value:.4f}")
-        for claim, held in summary["claims"].items():
-            print(f"paper's claim, {claim}: {'holds' if held else 'does NOT hold'}")
-        print("wrote " + ", ".join(summary["figures"]))
+        print(experiments.format_responses(summary))
     return 0
 
 
-def _add_experiment(sub: argparse._SubParsersAction) -> Callable[[argparse.Namespace], int]:
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
         help="reproduce a CIFAR-10 experiment of the paper: degradation (Fig. 1, 6), table6, responses (Fig. 7)",
@@ -402,7 +384,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> Callable[[argparse.Names
         default="all",
         help="responses: one std over all elements, or per channel",
     )
-    return _experiment
+    p.set_defaults(func=_experiment)
 
 
 COMMANDS = [
@@ -419,7 +401,8 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+def build_parser() -> argparse.ArgumentParser:
+    """The `resnetlab` parser; each sub-command's parse result carries its function as ``func``."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -429,18 +412,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    handlers = {}
     for add in COMMANDS:
-        handler = add(sub)
-        handlers[list(sub.choices)[-1]] = handler
-    return parser, handlers
+        add(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return handlers[args.command](args)
+        return args.func(args)
     except UserError as err:
         print(f"resnetlab {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2

@@ -2,6 +2,12 @@
 
 Only the builders in ``resnetlab.engine.trainer`` read a config; the network, the datasets and the loop take
 explicit arguments. Hyperparameters are in the paper's units: iterations, not epochs.
+
+Each option is declared once, here: its type annotation is what ``--set`` parses (a ``Literal`` lists the
+choices, checked by ``_check_choices`` in every ``__post_init__``), and a field made with ``flag(...)`` is also a
+first-class ``resnetlab train`` flag that ``resnetlab.cli`` generates from ``train_flags()``. An unknown section
+or key is an error everywhere: in ``--set``, in ``set_values`` and in ``config_from_dict``. ``model.name`` and
+``data.dataset`` stay ``str``: their registries own the names (and the did-you-mean hints), not this file.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, Literal
 
 from .errors import UserError
 
@@ -22,17 +30,64 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "RunConfig",
+    "Flag",
+    "train_flags",
+    "parse_overrides",
+    "set_values",
     "apply_overrides",
     "config_from_dict",
 ]
+
+
+def flag(default: Any, name: str, help: str, metavar: str | None = None) -> Any:
+    """A config field that is also the ``resnetlab train`` flag ``name`` (help text and metavar as in --help)."""
+    return field(default=default, metadata={"flag": name, "help": help, "metavar": metavar})
+
+
+def _choices_text(choices: tuple[Any, ...]) -> str:
+    words = [str(c) for c in choices]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+def _choose(value: Any, choices: tuple[Any, ...], key: str) -> Any:
+    """``value`` as one of ``choices`` (case-insensitively for words: --set train.amp=BF16 is bf16); else a
+    one-line UserError naming the key and the choices."""
+    for choice in choices:
+        if value == choice or (isinstance(value, str) and str(choice).lower() == value.lower()):
+            return choice
+    raise UserError(f"{key} must be {_choices_text(choices)}, got {value!r}")
+
+
+def _literal_choices(annotation: Any) -> tuple[tuple[Any, ...], bool] | None:
+    """The choices of ``Literal[...]`` or ``Literal[...] | None`` and whether None is allowed; None otherwise."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return typing.get_args(annotation), False
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        literals = [a for a in args if typing.get_origin(a) is Literal]
+        if len(literals) == 1 and len(args) == 2 and type(None) in args:
+            return typing.get_args(literals[0]), True
+    return None
+
+
+def _check_choices(config: Any, section: str) -> None:
+    """Every ``Literal`` field of ``config`` holds one of its choices (stored in the choice's own spelling)."""
+    for name, annotation in _field_types(type(config)).items():
+        literal = _literal_choices(annotation)
+        value = getattr(config, name)
+        if literal is None or (value is None and literal[1]):
+            continue
+        setattr(config, name, _choose(value, literal[0], f"{section}.{name}"))
 
 
 @dataclass
 class ModelConfig:
     name: str = "resnet20"
     """A registered network (`resnetlab models`) or cifar_resnetD / cifar_plainD."""
-    shortcut: str | None = None
-    """A, B or C; None keeps the network's paper default (B ImageNet, A CIFAR)."""
+    shortcut: Literal["A", "B", "C"] | None = None
+    """A, B or C (a, b, c read as A, B, C, as create_model does); None keeps the network's paper default (B
+    ImageNet, A CIFAR)."""
     stride_in_1x1: bool | None = None
     """Bottleneck stride on the 1x1 (paper) or the 3x3 (v1.5); None keeps the paper's."""
     zero_init_residual: bool = False
@@ -44,6 +99,7 @@ class ModelConfig:
     paper: 64 on CIFAR, 128 over two GPUs; 32 on ImageNet); 0: over the whole batch of each process."""
 
     def __post_init__(self) -> None:
+        _check_choices(self, "model")
         if self.bn_group < 0:
             raise UserError("model.bn_group must be >= 0")
         if self.sync_bn and self.bn_group:
@@ -62,13 +118,15 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "cifar10"
     """cifar10, cifar100, fashion-mnist, mnist, imagefolder or synthetic."""
-    data_dir: str | None = None
+    data_dir: str | None = flag(
+        None, "--data-dir", "where the dataset is (then $RESNETLAB_DATA, the system location)", metavar="DIR"
+    )
     """Where to look first; then RESNETLAB_DATA, the system location, a download."""
-    train_subset: int = 0
+    train_subset: int = flag(0, "--train-subset", "train on the first N training images only", metavar="N")
     """Train on the first N training images only (0: all)."""
     val_split: int = 0
     """Hold out this many training images as a validation split (the paper's 45k/5k: 5000); 0: none."""
-    loader: str = "auto"
+    loader: Literal["auto", "memory", "stream"] = "auto"
     """memory: decode once into a cached tensor, augment whole batches on the device (Sec. 4.2's crops);
     stream: decode files in DataLoader workers with Sec. 3.4's ImageNet pipeline; auto: stream for
     imagefolder, memory for the others."""
@@ -76,21 +134,18 @@ class DataConfig:
     """The paper's training augmentation (CIFAR: pad 4, crop, flip; ImageNet: scale, crop, flip, PCA)."""
     num_workers: int = 4
     """DataLoader workers for datasets that do not fit in memory (ImageFolder at ImageNet scale)."""
-    on_bad_image: str = "error"
+    on_bad_image: Literal["error", "skip"] = "error"
     """error: stop with the file's name; skip: leave it out and count it in the log."""
 
     def __post_init__(self) -> None:
+        _check_choices(self, "data")
         if self.train_subset < 0 or self.val_split < 0:
             raise UserError("data.train_subset and data.val_split must be >= 0")
-        if self.loader not in ("auto", "memory", "stream"):
-            raise UserError(f"data.loader must be auto, memory or stream, got {self.loader!r}")
-        if self.on_bad_image not in ("error", "skip"):
-            raise UserError(f"data.on_bad_image must be 'error' or 'skip', got {self.on_bad_image!r}")
 
 
 @dataclass
 class OptimConfig:
-    batch_size: int = 128
+    batch_size: int = flag(128, "--batch-size", "global mini-batch", metavar="N")
     """Global mini-batch, split across ranks (CIFAR 128, ImageNet 256)."""
     lr: float = 0.1
     momentum: float = 0.9
@@ -98,13 +153,14 @@ class OptimConfig:
     nesterov: bool = False
 
     def __post_init__(self) -> None:
+        _check_choices(self, "optim")
         if self.batch_size < 1 or self.lr <= 0:
             raise UserError("optim.batch_size must be >= 1 and optim.lr > 0")
 
 
 @dataclass
 class ScheduleConfig:
-    kind: str = "steps"
+    kind: Literal["steps", "plateau"] = "steps"
     """steps: divide at fixed iterations (CIFAR); plateau: divide when the validation error plateaus (ImageNet)."""
     milestones: list[int] = field(default_factory=lambda: [32000, 48000])
     gamma: float = 0.1
@@ -115,22 +171,23 @@ class ScheduleConfig:
     """Evaluations without improvement before the plateau schedule divides the lr."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("steps", "plateau"):
-            raise UserError(f"schedule.kind must be 'steps' or 'plateau', got {self.kind!r}")
+        _check_choices(self, "schedule")
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 64000
-    eval_every: int = 1000
+    iterations: int = flag(
+        64000, "--iterations", "total training iterations (the schedule is not rescaled)", metavar="N"
+    )
+    eval_every: int = flag(1000, "--eval-every", "evaluate every N iterations", metavar="N")
     """Evaluate on the held-out split every N iterations (and at the end)."""
-    checkpoint_every: int = 1000
+    checkpoint_every: int = flag(1000, "--checkpoint-every", "save last.pt every N iterations", metavar="N")
     keep_every: int = 0
     """Also keep a periodic copy every N iterations (0: only last and best)."""
-    seed: int = 0
-    device: str = "auto"
+    seed: int = flag(0, "--seed", "random seed (data order, augmentation, initialisation)")
+    device: str = flag("auto", "--device", "auto, cpu, cuda, cuda:N")
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
-    amp: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"
     """auto: bf16 autocast on CUDA, off on the CPU; bf16; off."""
     channels_last: bool = True
     compile: bool = False
@@ -139,10 +196,9 @@ class TrainConfig:
     log_every: int = 50
 
     def __post_init__(self) -> None:
+        _check_choices(self, "train")
         if self.iterations < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise UserError("train.iterations, eval_every, checkpoint_every and log_every must be >= 1")
-        if self.amp not in ("auto", "bf16", "off"):
-            raise UserError(f"train.amp must be auto, bf16 or off, got {self.amp!r}")
 
 
 @dataclass
@@ -165,13 +221,20 @@ class RunConfig:
 SECTIONS = ("model", "data", "optim", "schedule", "train")
 
 
+@cache
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _section_type(section: str) -> type:
+    return _field_types(RunConfig)[section]
+
+
 def _parse_value(text: str, annotation: Any, key: str) -> Any:
-    """Parse ``text`` as ``annotation`` (bool, int, float, str, list[int], X | None)."""
+    """Parse ``text`` as ``annotation`` (bool, int, float, str, Literal[...], list[int], X | None)."""
     origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return _choose(text, typing.get_args(annotation), key)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if text.lower() in ("none", "null", ""):
@@ -198,9 +261,45 @@ def _parse_value(text: str, annotation: Any, key: str) -> Any:
     return text
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` strings; an unknown key or a wrong type is a one-line UserError."""
-    values: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class Flag:
+    """A config field that ``resnetlab train`` takes as a flag of its own (declared with ``flag(...)``)."""
+
+    key: str
+    """section.name, e.g. train.iterations."""
+    name: str
+    """The flag, e.g. --iterations."""
+    help: str
+    metavar: str | None
+    annotation: Any
+
+    @property
+    def dest(self) -> str:
+        """The argparse attribute the flag's value lands in, e.g. iterations."""
+        return self.name.lstrip("-").replace("-", "_")
+
+    def parse(self, text: str) -> Any:
+        """``text`` as the field's type, by the parser ``--set`` uses (a one-line UserError if it is not)."""
+        return _parse_value(text, self.annotation, self.key)
+
+
+def train_flags() -> list[Flag]:
+    """The first-class ``resnetlab train`` flags, in the order of the config's sections and fields."""
+    flags = []
+    for section in SECTIONS:
+        cls = _section_type(section)
+        hints = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            if "flag" in f.metadata:
+                meta = f.metadata
+                flags.append(Flag(f"{section}.{f.name}", meta["flag"], meta["help"], meta["metavar"], hints[f.name]))
+    return flags
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``section.key=value`` strings as typed values by key; an unknown key or a wrong type is a one-line
+    UserError."""
+    values: dict[str, Any] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -208,21 +307,47 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             raise UserError(f"--set takes section.key=value, got {item!r}")
         if section not in SECTIONS:
             raise UserError(f"unknown --set section {section!r} in {item!r}; sections: {', '.join(SECTIONS)}")
-        hints = _field_types(type(getattr(config, section)))
+        hints = _field_types(_section_type(section))
         if name not in hints:
             raise UserError(f"unknown --set key {key!r}; {section} has: {', '.join(hints)}")
-        values.setdefault(section, {})[name] = _parse_value(text.strip(), hints[name], key)
-    for section, changes in values.items():
+        values[f"{section}.{name}"] = _parse_value(text.strip(), hints[name], key)
+    return values
+
+
+def set_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """Set typed values by ``section.name`` key, each section validated once with all its new values."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or name not in _field_types(_section_type(section)):
+            raise UserError(f"unknown config key {key!r}")
+        changes.setdefault(section, {})[name] = value
+    for section, new in changes.items():
         # replace() re-runs __post_init__, so the new values are validated like a fresh config.
-        setattr(config, section, dataclasses.replace(getattr(config, section), **changes))
+        setattr(config, section, dataclasses.replace(getattr(config, section), **new))
     return config
 
 
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings; an unknown key or a wrong type is a one-line UserError."""
+    return set_values(config, parse_overrides(overrides))
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from ``to_dict()`` output (a run's config.json or a checkpoint's config)."""
+    """Rebuild a RunConfig from ``to_dict()`` output (a run's config.json or a checkpoint's config).
+
+    A key this version does not know is a one-line UserError naming it (it would otherwise be dropped
+    silently); a key that is missing takes the field's default (a record written before the field existed)."""
+    top = _field_types(RunConfig)
+    for key in data:
+        if key not in top:
+            raise UserError(f"unknown config section {key!r}; a config has: {', '.join(top)}")
     sections = {}
     for section in SECTIONS:
-        cls = type(getattr(RunConfig(), section))
-        known = {f.name for f in dataclasses.fields(cls)}
-        sections[section] = cls(**{k: v for k, v in data.get(section, {}).items() if k in known})
+        cls = _section_type(section)
+        values = data.get(section, {})
+        for name in values:
+            if name not in _field_types(cls):
+                raise UserError(f"unknown config key '{section}.{name}'; {section} has: {', '.join(_field_types(cls))}")
+        sections[section] = cls(**values)
     return RunConfig(preset=data.get("preset", ""), description=data.get("description", ""), **sections)

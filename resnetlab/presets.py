@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Mapping
 
 from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from .errors import UserError
 from .models.registry import CIFAR_DEPTHS, CIFAR_PLAIN_DEPTHS
 
-__all__ = ["PRESETS", "get_preset", "list_presets"]
+__all__ = ["PRESETS", "get_preset", "list_presets", "format_presets"]
 
 PRESETS: dict[str, RunConfig] = {}
 
@@ -93,3 +95,24 @@ def get_preset(name: str) -> RunConfig:
         hint = f"; did you mean {', '.join(close)}?" if close else "; `resnetlab presets` lists them"
         raise UserError(f"unknown preset {name!r}{hint}")
     return copy.deepcopy(PRESETS[name])
+
+
+def format_presets(presets: Mapping[str, RunConfig] | None = None, verbose: bool = False, as_json: bool = False) -> str:
+    """What `resnetlab presets` prints: one line per preset (model, data, batch, lr schedule, length), each
+    followed by its description when ``verbose``; or every preset's full config as JSON."""
+    presets = PRESETS if presets is None else presets
+    if as_json:
+        return json.dumps({name: cfg.to_dict() for name, cfg in presets.items()}, indent=2)
+    width = max(map(len, presets))
+    lines = []
+    for name, cfg in presets.items():
+        s, t = cfg.schedule, cfg.train
+        when = f"/10 at {', '.join(f'{m:,}' for m in s.milestones)}" if s.kind == "steps" else "/10 on plateau"
+        lines.append(
+            f"{name:<{width}}  {cfg.model.name:<10} {cfg.data.dataset:<13} batch {cfg.optim.batch_size:<3} "
+            f"lr {cfg.optim.lr:g} {when}; {t.iterations:,} iterations"
+            + (f", warm-up {s.warmup_lr:g}" if s.warmup_lr else "")
+        )
+        if verbose:
+            lines.append(f"{'':<{width}}  {cfg.description}")
+    return "\n".join(lines)

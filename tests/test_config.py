@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from resnetlab.config import apply_overrides, config_from_dict
+from resnetlab.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    set_values,
+    train_flags,
+)
 from resnetlab.errors import UserError
 from resnetlab.presets import get_preset, list_presets
 
@@ -71,3 +79,94 @@ def test_unknown_preset():
 def test_config_round_trips_through_json():
     cfg = apply_overrides(get_preset("cifar10-resnet110"), ["data.val_split=5000"])
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.loader=disk", "data.loader must be auto, memory or stream, got 'disk'"),
+        ("data.on_bad_image=warn", "data.on_bad_image must be error or skip, got 'warn'"),
+        ("schedule.kind=cosine", "schedule.kind must be steps or plateau, got 'cosine'"),
+        ("train.amp=fp8", "train.amp must be auto, bf16 or off, got 'fp8'"),
+        ("model.shortcut=D", "model.shortcut must be A, B or C, got 'D'"),
+    ],
+)
+def test_literal_fields_list_their_choices(override, message):
+    with pytest.raises(UserError, match=message) as info:
+        apply_overrides(get_preset("cifar10-resnet20"), [override])
+    assert "\n" not in str(info.value)
+
+
+def test_literal_fields_are_checked_when_built_directly():
+    # The same check runs in every __post_init__: a config built in code or read from a record is held to it.
+    with pytest.raises(UserError, match="data.loader must be auto, memory or stream"):
+        DataConfig(loader="disk")
+    with pytest.raises(UserError, match="train.amp must be"):
+        TrainConfig(amp="fp16")
+
+
+def test_literal_values_are_stored_in_their_own_spelling():
+    # create_model has always read a/b/c as A/B/C; the config stores the choice as the Literal spells it.
+    cfg = apply_overrides(get_preset("cifar10-resnet20"), ["model.shortcut=b", "train.amp=BF16", "model.shortcut=b"])
+    assert cfg.model.shortcut == "B" and cfg.train.amp == "bf16"
+    assert ModelConfig(shortcut="c").shortcut == "C"
+    assert apply_overrides(get_preset("cifar10-resnet20"), ["model.shortcut=none"]).model.shortcut is None
+
+
+def test_typed_values_are_set_without_parsing():
+    cfg = set_values(get_preset("cifar10-resnet20"), {"train.iterations": 500, "data.data_dir": "/data"})
+    assert cfg.train.iterations == 500 and cfg.data.data_dir == "/data"
+    with pytest.raises(UserError, match="unknown config key 'train.iteration'"):
+        set_values(get_preset("cifar10-resnet20"), {"train.iteration": 500})
+    with pytest.raises(UserError, match="must be >= 1"):
+        set_values(get_preset("cifar10-resnet20"), {"train.iterations": 0})
+
+
+def test_train_flags_come_from_the_fields():
+    flags = {f.name: f for f in train_flags()}
+    assert list(flags) == [
+        "--data-dir",
+        "--train-subset",
+        "--batch-size",
+        "--iterations",
+        "--eval-every",
+        "--checkpoint-every",
+        "--seed",
+        "--device",
+    ]
+    assert flags["--iterations"].key == "train.iterations" and flags["--iterations"].dest == "iterations"
+    assert flags["--batch-size"].parse("1_024") == 1024
+    with pytest.raises(UserError, match="train.seed takes an integer, got 'x'"):
+        flags["--seed"].parse("x")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["train"].update(epochs=90), "unknown config key 'train.epochs'"),
+        (lambda d: d["data"].update(root="/x"), "unknown config key 'data.root'"),
+        (lambda d: d.update(optimizer={}), "unknown config section 'optimizer'"),
+    ],
+)
+def test_config_from_dict_refuses_unknown_keys(edit, message):
+    data = get_preset("cifar10-resnet20").to_dict()
+    edit(data)
+    with pytest.raises(UserError, match=message) as info:
+        config_from_dict(data)
+    assert "\n" not in str(info.value)
+
+
+def test_config_from_dict_fills_keys_an_older_record_lacks():
+    data = get_preset("cifar10-resnet20").to_dict()
+    del data["data"]["loader"]  # records written before data.loader existed (docs/runs/h100-cifar10-resnet20-7k)
+    assert config_from_dict(data).data.loader == "auto"
+
+
+def test_config_from_dict_reads_every_committed_run_record():
+    import json
+    from pathlib import Path
+
+    records = sorted((Path(__file__).parents[1] / "docs").glob("**/config.json"))
+    assert records
+    for path in records:
+        config_from_dict(json.loads(path.read_text()))

@@ -12,6 +12,7 @@ from .cifar import (
     table6_report,
 )
 from .figures import plot_fig1, plot_fig6, plot_fig7
+from .report import format_responses, format_table6_report, format_written
 from .responses import layer_response_stds, response_layers
 from .table6 import table6
 
@@ -22,6 +23,9 @@ __all__ = [
     "degradation",
     "ensure_run",
     "experiment_config",
+    "format_responses",
+    "format_table6_report",
+    "format_written",
     "layer_response_stds",
     "plot_fig1",
     "plot_fig6",

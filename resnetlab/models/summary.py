@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import torch
@@ -10,7 +11,7 @@ from ..paper import MULTIPLY_ADDS, PARAMETERS, Figure
 from .complexity import count_multiply_adds, count_parameters
 from .registry import create_model, list_models, model_info
 
-__all__ = ["SizeRow", "PAPER_VARIANTS", "size_table", "format_size_table"]
+__all__ = ["SizeRow", "PAPER_VARIANTS", "size_table", "format_size_table", "format_agreement", "format_models"]
 
 # Variants the paper gives counts for, beyond the registered defaults (Sec. 2 of PAPER.md; Table 3).
 PAPER_VARIANTS: list[tuple[str, dict[str, object]]] = [
@@ -159,3 +160,20 @@ def format_size_table(rows: list[SizeRow], markdown: bool = False) -> str:
 
 
 _NUMERIC = {2, 7, 8, 9, 10}
+
+
+def format_agreement(rows: list[SizeRow]) -> str:
+    """The line under the table: how many of the networks the paper gives a figure for agree with it."""
+    checked = [row for row in rows if row.paper_parameters or row.paper_multiply_adds]
+    agree = sum(row.matches for row in checked)
+    return (
+        f"{len(rows)} networks; {agree} of the {len(checked)} with a figure in the paper agree with it "
+        "(parameters exactly, multiply-adds within 0.5%, or to the digits Table 1 gives)."
+    )
+
+
+def format_models(rows: list[SizeRow], markdown: bool = False, as_json: bool = False) -> str:
+    """What `resnetlab models` prints: JSON (one object per network), or the table and the agreement line."""
+    if as_json:
+        return json.dumps([row.to_json() for row in rows], indent=2)
+    return format_size_table(rows, markdown=markdown) + "\n\n" + format_agreement(rows)
