@@ -165,7 +165,8 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=lambda: [32000, 48000])
     gamma: float = 0.1
     warmup_lr: float | None = None
-    """ResNet-110/1202: 0.01 until the running training error < warmup_until_error, then back to lr."""
+    """ResNet-110 (the paper; ResNet-1202 too, this project's reading): 0.01 until the running training error
+    < warmup_until_error, then back to lr."""
     warmup_until_error: float = 0.8
     plateau_patience: int = 3
     """Evaluations without improvement before the plateau schedule divides the lr."""

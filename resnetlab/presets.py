@@ -23,7 +23,7 @@ def _register(config: RunConfig) -> None:
 
 def _cifar10(net: str, depth: int) -> RunConfig:
     # Sec. 4.2: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k and 48k
-    # iterations, stop at 64k; ResNet-110 (and 1202) warm up at 0.01 until the training error is below 80%.
+    # iterations, stop at 64k; ResNet-110 warms up at 0.01 until the training error is below 80% (and ResNet-1202: our reading).
     warmup = 0.01 if net == "resnet" and depth >= 110 else None
     return RunConfig(
         preset=f"cifar10-{net}{depth}",

@@ -44,8 +44,8 @@ class Shortcut(str, Enum):
 class ZeroPadShortcut(nn.Module):
     """Option A: identity subsampled with ``stride`` and padded with zero channels; parameter-free.
 
-    The zero channels are appended after the identity channels, as in the authors' Torch
-    implementation (fb.resnet.torch concatenates the identity with zeros). A real module, not a lambda,
+    The zero channels are appended after the identity channels, as in Facebook's Torch
+    reimplementation (fb.resnet.torch concatenates the identity with zeros). A real module, not a lambda,
     so that the network pickles.
     """
 
@@ -232,8 +232,9 @@ class ResNet(nn.Module):
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        # He et al. 2015 ("MSRA") initialisation, fan-out as in the authors' Torch code; BN at gamma 1, beta 0.
-        # The fc keeps PyTorch's default init, as torchvision and fb.resnet.torch do.
+        # He et al. 2015 ("MSRA") initialisation, fan-out as in fb.resnet.torch (Facebook's reimplementation)
+        # and torchvision; BN at gamma 1, beta 0. The fc keeps PyTorch's default init, as torchvision does
+        # (fb.resnet.torch also zeroes the fc bias).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
