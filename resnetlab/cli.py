@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     values |= {f.key: getattr(args, f.dest) for f in train_flags() if getattr(args, f.dest) is not None}
     config = set_values(config, values)
     out = args.out or f"runs/{config.preset}"
-    train(config, out, resume=args.resume)
+    train(config, out, resume=args.resume, accept_resume_changes=args.accept_resume_changes)
     return 0
 
 
@@ -131,7 +131,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for f in train_flags():
         p.add_argument(f.name, dest=f.dest, type=_typed(f), metavar=f.metavar, help=f.help)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
-    p.add_argument("--resume", metavar="auto|PATH", help="continue from RUN_DIR's last checkpoint (auto) or a file")
+    p.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue from RUN_DIR's newest intact checkpoint (auto; a fresh start if there is none) or a file",
+    )
+    p.add_argument(
+        "--accept-resume-changes",
+        action="store_true",
+        help="resume although the config differs in more than length and frequencies (batch, seed, lr, data, "
+        "schedule...): no longer an exact continuation; the changes are recorded in metrics.jsonl",
+    )
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any other config field; repeatable")
     p.set_defaults(func=_train)
 

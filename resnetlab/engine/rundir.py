@@ -8,9 +8,11 @@ on the test set.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -98,7 +100,8 @@ def _code_sha256(package: Path) -> tuple[str, int]:
 
 
 class RunDir:
-    """The files of one run. Only rank 0 writes (the trainer makes sure of that)."""
+    """The files of one run. Only rank 0 writes (the trainer makes sure of that), and only while it holds the
+    directory's lock (``acquire``): one writer at a time."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -108,10 +111,71 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
+        self.previous = self.checkpoints / "previous.pt"  # the last.pt before the newest: a fallback
+        self.lock_file = self.path / ".lock"
+        self._lock: Any = None
         self.curves = self.path / "curves.png"
 
     def periodic(self, iteration: int) -> Path:
         return self.checkpoints / f"iter_{iteration:07d}.pt"
+
+    def holds_run(self) -> bool:
+        return any(p.exists() for p in (self.last, self.config, self.metrics))
+
+    def acquire(self) -> None:
+        """Create the directory and take its lock: an OS lock (``flock``) that dies with this process, so a
+        kill -9 never leaves the directory locked. A second writer gets one line naming the holder."""
+        try:
+            if self.path.exists() and not self.path.is_dir():
+                raise UserError(f"--out {self.path} is a file, not a run directory; choose another --out")
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_file, "a+")  # held open: the lock lives as long as the handle
+        except OSError as err:
+            raise UserError(f"cannot create the run directory {self.path} ({err.strerror or err})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"{self.path} is in use by {holder}; wait for it to finish, or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"resnetlab train (pid {os.getpid()} on {platform.node()})\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
+
+    def remove_orphans(self) -> list[Path]:
+        """Temporary files a killed process left beside its checkpoints (``.last.pt.*.tmp``); only the holder
+        of the lock may call this, so no live writer owns them."""
+        orphans = sorted(self.checkpoints.glob(".*.tmp")) if self.checkpoints.is_dir() else []
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        return orphans
+
+    def resume_candidates(self) -> list[Path]:
+        """The checkpoints a ``--resume auto`` may continue from, newest first: last, previous, periodic ones."""
+        periodic = sorted(self.checkpoints.glob("iter_*.pt"), reverse=True) if self.checkpoints.is_dir() else []
+        return [p for p in (self.last, self.previous, *periodic) if p.is_file()]
+
+    def keep_previous(self) -> None:
+        """Before last.pt is replaced: keep it as previous.pt (a hard link; no copy), atomically."""
+        if not self.last.is_file():
+            return
+        tmp = self.checkpoints / f".previous.pt.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.last, tmp)
+        except OSError:  # a file system without hard links: copy
+            shutil.copyfile(self.last, tmp)
+        os.replace(tmp, self.previous)
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         write_json(path, data)

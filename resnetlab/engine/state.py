@@ -23,7 +23,7 @@ from ..checkpoint import clean_state_dict
 from ..data import InMemoryLoader, StreamLoader
 from .schedule import LRSchedule
 
-__all__ = ["TrainState", "Window", "capture_rng_state", "restore_rng_state"]
+__all__ = ["TrainState", "Window", "capture_rng_state", "restore_rng_state", "config_changes", "FREE_ON_RESUME"]
 
 
 @dataclass
@@ -76,6 +76,40 @@ class Window:
             setattr(self, key, value)
 
 
+# What a resume may change without breaking exactness: how long and how often, not what is computed.
+FREE_ON_RESUME = frozenset(
+    {
+        "preset",
+        "description",
+        "train.iterations",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.keep_every",
+        "train.device",
+        "train.compile",
+        "data.num_workers",
+    }
+)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``key: (saved, new)`` for every config field a resume would change that breaks exactness (the batch,
+    the subset, the seed, the data, the schedule, ...); ``FREE_ON_RESUME`` fields are left out."""
+    a, b = _flatten(saved), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a | b) if k not in FREE_ON_RESUME and a.get(k) != b.get(k)}
+
+
 @dataclass
 class TrainState:
     """What a resume restores. ``model`` is the unwrapped network (no DDP, no torch.compile): what is saved."""
@@ -99,6 +133,20 @@ class TrainState:
             "best_error": self.best_error,
             "window": self.window.state(),
         }
+
+    def nonfinite(self) -> list[str]:
+        """The names of the parameters, buffers and optimizer tensors that hold a NaN or an infinity: a state
+        that must never be saved (the step after the last finite loss can poison the weights)."""
+        bad = [
+            f"model.{k}" for k, v in self.model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+        ]
+        for index, entry in self.optimizer.state_dict()["state"].items():
+            bad += [
+                f"optimizer.state.{index}.{k}"
+                for k, v in entry.items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()
+            ]
+        return bad
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=True)

@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import runtime
 from ..checkpoint import build_network, network_state, read_training_checkpoint, save_checkpoint
 from ..config import RunConfig
-from ..errors import UserError
+from ..errors import UserError, user_message
 from ..models.norm import group_batchnorm
 from .inputs import TrainingData, build_data
 from .loop import evaluate, train_step
 from .progress import Progress
 from .rundir import RunDir, environment_record
 from .schedule import LRSchedule
-from .state import TrainState, Window
+from .state import TrainState, Window, config_changes
 
 __all__ = ["train", "TrainingDiverged", "build_state"]
 
@@ -85,30 +86,81 @@ def build_state(config: RunConfig, data: TrainingData, device: torch.device) -> 
     return TrainState(model, optimizer, schedule, data.train)
 
 
-def _resume_point(run: RunDir, resume: str | None, config: RunConfig) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to continue from (None for a fresh run), read and checked against ``config``."""
-    path: Path | None = None
-    if resume == "auto":
-        path = run.last if run.last.exists() else None
-    elif resume:
-        path = Path(resume)
-    elif run.last.exists():
-        raise UserError(f"{run.path} already holds a run; continue it with --resume auto, or choose another --out")
-    if path is None:
-        return None, None
+@dataclass
+class ResumePoint:
+    """Where a run continues from: a checkpoint, its state, and the config changes the user accepted."""
+
+    path: Path
+    state: dict[str, Any]
+    changes: dict[str, tuple[Any, Any]]
+    skipped: list[str]  # damaged or unusable newer checkpoints passed over (resume auto)
+
+
+def _read_resumable(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     saved, state = read_training_checkpoint(path)
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise UserError(f"{path} holds non-finite weights ({bad[0]}{' and more' if len(bad) > 1 else ''})")
+    return saved, state
+
+
+def _resume_point(run: RunDir, resume: str | None, config: RunConfig, accept_changes: bool) -> ResumePoint | None:
+    """The checkpoint to continue from (None for a fresh run), read and checked against ``config``.
+
+    ``--resume auto`` takes the newest intact checkpoint of ``run`` (last, previous, periodic) and says which
+    damaged ones it passed over; ``--resume PATH`` takes that file or refuses, and never writes into a
+    directory that holds another run."""
+    if resume is None:
+        if run.holds_run():
+            raise UserError(f"{run.path} already holds a run; continue it with --resume auto, or choose another --out")
+        return None
+    skipped: list[str] = []
+    if resume == "auto":
+        for candidate in run.resume_candidates():
+            try:
+                saved, state = _read_resumable(candidate)
+            except UserError as err:
+                skipped.append(user_message(err))
+                continue
+            path = candidate
+            break
+        else:
+            if skipped:
+                raise UserError(f"no intact checkpoint in {run.checkpoints}: " + "; ".join(skipped))
+            return None
+    else:
+        path = Path(resume)
+        if run.holds_run() and path.resolve().parent != run.checkpoints.resolve():
+            raise UserError(
+                f"{run.path} already holds another run; --resume {path} would replace its checkpoint and metrics. "
+                f"Choose an empty --out, or resume that run into its own directory"
+            )
+        saved, state = _read_resumable(path)
     if saved.model != config.model or saved.data.dataset != config.data.dataset:
         raise UserError(f"{path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's")
-    return path, state
+    changes = config_changes(saved.to_dict(), config.to_dict())
+    if changes and not accept_changes:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise UserError(
+            f"resuming {path} with a changed config would not continue the same run ({listed}); "
+            "pass --accept-resume-changes if that is meant"
+        )
+    return ResumePoint(path, state, changes, skipped)
 
 
 def train(
-    config: RunConfig, out: str | Path, resume: str | None = None, progress: bool | None = None
+    config: RunConfig,
+    out: str | Path,
+    resume: str | None = None,
+    progress: bool | None = None,
+    *,
+    accept_resume_changes: bool = False,
 ) -> dict[str, Any]:
     """Run ``config`` into the run directory ``out``; returns the last evaluation record.
 
-    ``resume``: None (a fresh run; refuses a directory that already holds checkpoints), "auto" (continue
-    from ``out``'s last checkpoint if there is one) or a checkpoint path.
+    ``resume``: None (a fresh run; refuses a directory that already holds a run), "auto" (continue from
+    ``out``'s newest intact checkpoint if there is one) or a checkpoint path. A resume whose config differs
+    in anything but length and frequencies (``FREE_ON_RESUME``) is refused unless ``accept_resume_changes``.
     """
     device = runtime.resolve_device(config.train.device)
     runtime.init_distributed(device)
@@ -116,22 +168,52 @@ def train(
     if config.optim.batch_size % world:
         raise UserError(f"the global batch {config.optim.batch_size} does not split evenly over {world} processes")
     run = RunDir(out)
-    resume_path, saved = _resume_point(run, resume, config)
-    _set_determinism(config.train.seed, config.train.deterministic)
-    data = build_data(config, device)
-    state = build_state(config, data, device)
-    if saved is not None:
-        state.load_state_dict(saved)
-    loop = _Loop(config, run, data, state, device, progress)
-    if loop.main:
-        if saved is not None:
-            run.truncate_metrics(state.iteration)
-        run.write_json(run.config, config.to_dict())
-        run.write_json(run.env, environment_record(device, world) | {"data_source": data.source})
-        loop.announce(resume_path)
-    result = loop.run()
+    main = runtime.get_rank() == 0
+    if main:
+        run.acquire()  # one writer per run directory; refused at once if another process holds it
+    try:
+        point = _resume_point(run, resume, config, accept_resume_changes)
+        _set_determinism(config.train.seed, config.train.deterministic)
+        data = build_data(config, device)
+        state = build_state(config, data, device)
+        if point is not None:
+            if point.changes:  # the loader's position in another batch size or subset: the nearest one
+                loader = point.state["loader"]
+                position = min(int(loader["position"]), len(state.loader))
+                point.state["loader"] = {**loader, "position": position, "seed": config.train.seed}
+            state.load_state_dict(point.state)
+        loop = _Loop(config, run, data, state, device, progress)
+        if main:
+            _start_records(run, config, data, state, point, device, world)
+            loop.announce(point.path if point else None)
+        result = loop.run()
+    finally:
+        run.release()
     runtime.destroy()
     return result
+
+
+def _start_records(
+    run: RunDir,
+    config: RunConfig,
+    data: TrainingData,
+    state: TrainState,
+    point: ResumePoint | None,
+    device: torch.device,
+    world: int,
+) -> None:
+    """Rank 0, holding the lock: clear what a killed process left, and write the run's config and env."""
+    run.remove_orphans()
+    run.truncate_metrics(state.iteration)  # records after the checkpoint (or all, on a fresh start) go
+    for reason in point.skipped if point else []:
+        print(f"resnetlab train: warning: skipped a checkpoint: {reason}", file=sys.stderr)
+    if point is not None and point.changes:
+        changes = {k: [old, new] for k, (old, new) in point.changes.items()}
+        run.log({"iteration": state.iteration, "event": "resume_changes", "changes": changes})
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in point.changes.items())
+        print(f"resnetlab train: resuming with changes (not an exact continuation): {listed}", file=sys.stderr)
+    run.write_json(run.config, config.to_dict())
+    run.write_json(run.env, environment_record(device, world) | {"data_source": data.source})
 
 
 class _Loop:
@@ -254,12 +336,16 @@ class _Loop:
             self.save(self.run_dir.best)
 
     def save(self, *extra: Path) -> None:
-        """Write last.pt (and ``extra`` copies) from rank 0; never a state whose loss went non-finite."""
+        """Write last.pt (and ``extra`` copies) from rank 0, the last.pt before it kept as previous.pt. Never a
+        state whose loss went non-finite or whose weights or optimizer state hold a NaN or an infinity (the
+        step after the last finite loss can poison them), so that the last checkpoint is always a good one."""
         s, run = self.state, self.run_dir
         s.window.sync()
-        if s.window.nonfinite:
+        poisoned = s.nonfinite()  # every rank checks its own copy, so every rank stops together
+        if s.window.nonfinite or poisoned:
+            what = "the training loss" if s.window.nonfinite else f"the weights ({poisoned[0]})"
             raise TrainingDiverged(
-                f"the training loss became NaN or infinite before iteration {s.iteration}; stopped without saving, "
+                f"{what} became NaN or infinite before iteration {s.iteration}; stopped without saving, "
                 f"the last good checkpoint is {run.last if run.last.exists() else 'none'}"
             )
         if not self.main:
@@ -268,8 +354,16 @@ class _Loop:
         pre = self.data.preprocessing
         weights = training.pop("model")
         checkpoint = network_state(self.config, self.data.classes, pre, weights, dataset=self.data.name) | training
-        for path in (run.last, *extra):
-            save_checkpoint(checkpoint, path)
+        written = run.previous
+        try:
+            run.keep_previous()
+            for written in (run.last, *extra):
+                save_checkpoint(checkpoint, written)
+        except OSError as err:  # a full disk, a file system gone read-only: the old last.pt is intact (atomic)
+            raise UserError(
+                f"cannot write checkpoint {written} ({err.strerror or err}); the last good checkpoint is "
+                f"{run.last if run.last.exists() else 'none'}; free space, then continue with --resume auto"
+            ) from None
 
     def announce(self, resume_path: Path | None) -> None:
         data, s, oc = self.data, self.state, self.config.optim

@@ -97,8 +97,8 @@ def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> R
         if record.finished and (path / "checkpoints" / "last.pt").is_file():
             print(f"reusing {path} (finished)")
             return record
-    resume = "auto" if (path / "checkpoints" / "last.pt").is_file() else None
-    print(f"{'resuming' if resume else 'training'} {path}")
+    resume = "auto" if path.exists() else None  # auto: the newest intact checkpoint, or a fresh start
+    print(f"{'resuming' if (path / 'checkpoints' / 'last.pt').is_file() else 'training'} {path}")
     result = train(config, path, resume=resume, progress=progress)
     if result.get("stopped"):
         raise UserError(f"stopped during {path}; run the same command again to resume")
