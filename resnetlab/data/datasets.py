@@ -231,6 +231,8 @@ def load_dataset(
     """
     check_policy(on_bad_image)
     if name == "synthetic":
+        if data_dir is not None:  # generated, not read: a named folder would be silently ignored
+            raise UserError(f"synthetic images are generated, not read from a folder: leave out --data-dir {data_dir}")
         dataset = synthetic_dataset()
         source: Source | None = None
         files: list[Path] = []

@@ -1,0 +1,96 @@
+"""Issue 10, the data side ("nothing lost, nothing poisoned"): a named folder is used or refused, never
+replaced; a subset keeps every class; a valid image is never dropped for its file name; a link loop is not
+a traceback; ``eval --split val`` reads an ImageNet-layout ``val/`` folder."""
+
+from __future__ import annotations
+
+import pytest
+import torchvision.datasets
+
+from resnetlab.data import load_dataset, locate
+from resnetlab.errors import UserError
+
+
+def _no_download(monkeypatch):
+    """Any download attempt fails the test: a given --data-dir must never be replaced by one."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("downloaded although --data-dir was given")
+
+    for name in ("CIFAR10", "CIFAR100", "FashionMNIST", "MNIST"):
+        monkeypatch.setattr(torchvision.datasets, name, refuse)
+
+
+def _one_line_error(call) -> str:
+    with pytest.raises(UserError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+# --- 1. a given --data-dir is used or refused -------------------------------------------------------------
+def test_image_folder_without_test_is_refused_not_replaced(data_env, tmp_path, monkeypatch, image_folder):
+    """Before: RESNETLAB_DATA's complete copy was used instead, silently (exit 0)."""
+    elsewhere = tmp_path / "env"
+    image_folder(elsewhere, classes=tuple(f"k{i}" for i in range(10)))
+    monkeypatch.setenv("RESNETLAB_DATA", str(elsewhere))
+    _no_download(monkeypatch)
+    given = tmp_path / "given"
+    image_folder(given, classes=tuple(f"k{i}" for i in range(10)), counts={"train": 2})
+    message = _one_line_error(lambda: load_dataset("cifar10", given, progress=False))
+    assert str(given) in message and "train/ without test/" in message and "expected" in message
+    assert str(elsewhere) not in message  # nothing else was looked in
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "fashion-mnist", "mnist", "imagefolder"])
+def test_unrelated_data_dir_is_refused_for_every_dataset(
+    data_env, tmp_path, monkeypatch, dataset, image_folder, idx_folder, cifar_python
+):
+    env = tmp_path / "env"  # a complete copy of every dataset, which must not be used
+    cifar_python(env)
+    cifar_python(env, "cifar100")
+    idx_folder(env / "fashion-mnist")
+    idx_folder(env / "mnist")
+    image_folder(env / "imagenet", eval_split="val")
+    monkeypatch.setenv("RESNETLAB_DATA", str(env))
+    assert locate(dataset).found_via == "RESNETLAB_DATA"
+    _no_download(monkeypatch)
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "notes.txt").write_text("not a dataset")
+    (given / "photos").mkdir()
+    message = _one_line_error(lambda: locate(dataset, given))
+    assert f"{given} (--data-dir)" in message and "notes.txt" in message and "photos/" in message
+    assert "expected" in message
+
+
+@pytest.mark.parametrize(
+    "dataset, layout, hint",
+    [
+        ("fashion-mnist", "two idx files", "2 of the 4 idx files"),
+        ("imagefolder", "train/ + test/", "train/ + test/, but imagefolder's evaluation folder is val/"),
+        ("cifar10", "train/ + val/", "train/ + val/, but cifar10's evaluation folder is test/"),
+        ("cifar10", "cifar10-jpeg/train/", "cifar10-jpeg/train/ without cifar10-jpeg/test/"),
+        ("cifar100", "cifar-100-python/ without meta", "cifar-100-python/ without its meta file"),
+    ],
+)
+def test_near_misses_say_what_was_found(data_env, tmp_path, monkeypatch, image_folder, dataset, layout, hint):
+    _no_download(monkeypatch)
+    given = tmp_path / "given"
+    if layout == "two idx files":
+        given.mkdir()
+        for stem in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+            (given / stem).write_bytes(b"")
+    elif layout == "cifar10-jpeg/train/":
+        image_folder(given / "cifar10-jpeg", counts={"train": 1})
+    elif layout.startswith("cifar-100-python"):
+        (given / "cifar-100-python").mkdir(parents=True)
+    else:
+        image_folder(given, counts={"train": 1, layout.split()[-1].rstrip("/"): 1})
+    assert hint in _one_line_error(lambda: locate(dataset, given))
+
+
+def test_a_data_dir_given_for_synthetic_data_is_refused(data_env, tmp_path):
+    """Synthetic images are generated: a folder named for them would be silently ignored."""
+    assert "synthetic" in _one_line_error(lambda: load_dataset("synthetic", tmp_path, progress=False))
