@@ -4,10 +4,16 @@ a traceback; ``eval --split val`` reads an ImageNet-layout ``val/`` folder."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 import torchvision.datasets
 
+from resnetlab import data as rdata
+from resnetlab.config import RunConfig, apply_overrides
 from resnetlab.data import load_dataset, locate
+from resnetlab.engine.inputs import build_data
 from resnetlab.errors import UserError
 
 
@@ -94,3 +100,41 @@ def test_near_misses_say_what_was_found(data_env, tmp_path, monkeypatch, image_f
 def test_a_data_dir_given_for_synthetic_data_is_refused(data_env, tmp_path):
     """Synthetic images are generated: a folder named for them would be silently ignored."""
     assert "synthetic" in _one_line_error(lambda: load_dataset("synthetic", tmp_path, progress=False))
+
+
+# --- 2. --train-subset keeps every class ------------------------------------------------------------------
+def test_stratified_subset_gives_each_class_its_share():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)  # sorted by class, as an ImageFolder is
+    chosen = rdata.stratified_subset(labels, 10, seed=0)
+    assert torch.equal(chosen, chosen.sort().values) and len(chosen.unique()) == 10
+    assert torch.bincount(labels[chosen], minlength=3).tolist() == [5, 3, 2]
+    # largest remainder: 7 * (50, 30, 20) / 100 = 3.5, 2.1, 1.4 -> 4, 2, 1 (exactly 7)
+    assert torch.bincount(labels[rdata.stratified_subset(labels, 7, seed=0)], minlength=3).tolist() == [4, 2, 1]
+    assert torch.equal(rdata.stratified_subset(labels, 10, seed=0), chosen)  # depends on (labels, n, seed) only
+    assert not torch.equal(rdata.stratified_subset(labels, 10, seed=1), chosen)
+    # fewer than one per class: the largest classes get one each (ties: the lower label)
+    assert torch.bincount(labels[rdata.stratified_subset(labels, 2, seed=0)], minlength=3).tolist() == [1, 1, 0]
+    assert len(rdata.stratified_subset(labels, 100, seed=0)) == 100
+    assert "more than the 100 training images" in _one_line_error(lambda: rdata.stratified_subset(labels, 101, seed=0))
+
+
+def _subset_config(root: Path, *extra: str) -> RunConfig:
+    return apply_overrides(
+        RunConfig(),
+        ["data.dataset=cifar10", f"data.data_dir={root}", "optim.batch_size=4", "data.train_subset=10", *extra],
+    )
+
+
+def test_train_subset_of_a_class_sorted_folder_holds_every_class(data_env, tmp_path, image_folder):
+    """Before: the first 10 files, all of class k0 and k1 (the folder is sorted by class)."""
+    classes = tuple(f"k{i}" for i in range(10))
+    root = image_folder(tmp_path / "data", classes=classes, counts={"train": 3, "test": 1})["root"]
+    data = build_data(_subset_config(root), torch.device("cpu"))
+    assert data.num_train == 10
+    assert torch.bincount(data.train.labels, minlength=10).tolist() == [1] * 10
+    again = build_data(_subset_config(root), torch.device("cpu"))  # a resume, another rank: the same images
+    assert torch.equal(again.train.images, data.train.images)
+    other = build_data(_subset_config(root, "train.seed=1"), torch.device("cpu"))
+    assert not torch.equal(other.train.images, data.train.images)
+    message = _one_line_error(lambda: build_data(_subset_config(root, "data.train_subset=31"), torch.device("cpu")))
+    assert "--train-subset 31 is more than the 30 training images" in message
