@@ -4,15 +4,18 @@ a traceback; ``eval --split val`` reads an ImageNet-layout ``val/`` folder."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.datasets
+from PIL import Image
 
 from resnetlab import data as rdata
 from resnetlab.config import RunConfig, apply_overrides
-from resnetlab.data import load_dataset, locate
+from resnetlab.data import index_folder, load_dataset, locate, read_image
 from resnetlab.engine.inputs import build_data
 from resnetlab.errors import UserError
 
@@ -138,3 +141,28 @@ def test_train_subset_of_a_class_sorted_folder_holds_every_class(data_env, tmp_p
     assert not torch.equal(other.train.images, data.train.images)
     message = _one_line_error(lambda: build_data(_subset_config(root, "data.train_subset=31"), torch.device("cpu")))
     assert "--train-subset 31 is more than the 30 training images" in message
+
+
+# --- 3. a file name that is not UTF-8 ---------------------------------------------------------------------
+def test_valid_jpeg_with_a_non_utf8_name_is_read(data_env, tmp_path, image_folder):
+    """Before: torchvision.io.read_file refused the surrogate-escaped str, reported as 'truncated or corrupt'
+    and dropped under skip."""
+    root = image_folder(tmp_path / "data", counts={"train": 2, "val": 1}, eval_split="val")["root"]
+    pixels = np.full((32, 32, 3), 200, dtype=np.uint8)
+    name = os.fsencode(root / "train" / "cat") + b"/caf\xe9.jpg"  # Latin-1 bytes: not valid UTF-8
+    with open(name, "wb") as f:
+        Image.fromarray(pixels).save(f, format="JPEG", quality=95)
+    path = Path(os.fsdecode(name))
+    assert (read_image(path, 3).float() - 200).abs().max() <= 2
+    ds = load_dataset("imagefolder", root, on_bad_image="skip", progress=False)
+    assert ds.train.skipped == 0 and len(ds.train) == 7 and ds.train.counts(3) == [3, 2, 2]
+
+
+def test_a_data_folder_whose_name_is_not_utf8_is_read(data_env, tmp_path, image_folder):
+    """Before: a UnicodeEncodeError traceback from hashing the folder's name for the cache."""
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/d\xe9ta"))
+    image_folder(root, counts={"train": 2, "val": 1}, eval_split="val")
+    for _ in range(2):  # decoded, then read back from the cache
+        assert len(load_dataset("imagefolder", root, progress=False).train) == 6
+    index = index_folder(root / "train")
+    assert rdata.folder_statistics(index, resize=8, crop=8, progress=False).mean_image.shape == (3, 8, 8)

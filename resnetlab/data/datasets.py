@@ -207,7 +207,7 @@ def _cached_splits(
     """Every split of ``source`` from the cache, or decoded and written to it: (splits, classes, mean, files)."""
     spec = SPECS[source.dataset]
     key = fingerprint(_source_lines(source), format=source.format, image_size=image_size, on_bad_image=on_bad_image)
-    where = hashlib.sha256(str(source.path.resolve()).encode()).hexdigest()[:8]
+    where = hashlib.sha256(os.fsencode(source.path.resolve())).hexdigest()[:8]  # the name's bytes: any name
     folder = cache_root() / "decoded" / f"{source.dataset}-{where}"
     paths = {split: folder / f"{split}-{key[:16]}.safetensors" for split in ("train", spec.eval_split)}
     if (cached := _read_cache(paths)) is not None:
