@@ -4,6 +4,7 @@ a traceback; ``eval --split val`` reads an ImageNet-layout ``val/`` folder."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -166,3 +167,51 @@ def test_a_data_folder_whose_name_is_not_utf8_is_read(data_env, tmp_path, image_
         assert len(load_dataset("imagefolder", root, progress=False).train) == 6
     index = index_folder(root / "train")
     assert rdata.folder_statistics(index, resize=8, crop=8, progress=False).mean_image.shape == (3, 8, 8)
+
+
+# --- 4. link loops ----------------------------------------------------------------------------------------
+def test_a_link_loop_inside_a_class_is_skipped_with_a_warning(data_env, tmp_path, image_folder, caplog):
+    """Before: OSError 'Too many levels of symbolic links' (a traceback). The loop's images are the class
+    folder's own, so they are listed once, from the real path, and the loop is named in a warning."""
+    root = image_folder(tmp_path / "data", counts={"train": 2, "val": 1}, eval_split="val")["root"]
+    (root / "train" / "cat" / "loop").symlink_to(".")
+    (root / "val" / "dog" / "sub").mkdir()
+    (root / "val" / "dog" / "sub" / "back").symlink_to("..")  # val/dog/sub/back/sub/back/...
+    with caplog.at_level(logging.WARNING, logger="resnetlab.data"):
+        ds = load_dataset("imagefolder", root, progress=False)
+    assert ds.train.counts(3) == [2, 2, 2]
+    assert (
+        str(root / "train" / "cat" / "loop") in caplog.text
+        and str(root / "val" / "dog" / "sub" / "back") in caplog.text
+    )
+    assert ds.test.counts(3) == [1, 1, 1]
+    train, val = rdata.open_image_folder(root)  # the streamed path indexes the same way
+    assert len(train.files) == 6 and len(set(train.files)) == 6
+
+
+def test_a_class_folder_linked_to_its_parent_is_an_error(data_env, tmp_path, image_folder):
+    """Its images would be every other class's too: refused, naming the link."""
+    root = image_folder(tmp_path / "data", counts={"train": 2, "val": 1}, eval_split="val")["root"]
+    (root / "train" / "zoo").symlink_to(".")
+    message = _one_line_error(lambda: index_folder(root / "train"))
+    assert str(root / "train" / "zoo") in message and "two labels" in message
+    assert str(root / "train" / "zoo") in _one_line_error(lambda: load_dataset("imagefolder", root, progress=False))
+
+
+def test_one_folder_linked_into_two_classes_is_an_error(data_env, tmp_path, image_folder):
+    root = image_folder(tmp_path / "data", counts={"train": 2})["root"]
+    (root / "train" / "dog" / "also-cats").symlink_to(root / "train" / "cat")
+    message = _one_line_error(lambda: index_folder(root / "train"))
+    assert "also-cats" in message and "class cat" in message
+
+
+def test_a_file_link_loop_or_a_dangling_link_is_a_bad_image(data_env, tmp_path, image_folder):
+    """Before: OSError 'Too many levels of symbolic links' from stat() while keying the cache (a traceback)."""
+    root = image_folder(tmp_path / "data", counts={"train": 2, "val": 1}, eval_split="val")["root"]
+    (root / "train" / "cat" / "a.jpg").symlink_to("b.jpg")
+    (root / "train" / "cat" / "b.jpg").symlink_to("a.jpg")
+    (root / "train" / "dog" / "gone.png").symlink_to("nowhere.png")
+    message = _one_line_error(lambda: load_dataset("imagefolder", root, progress=False))
+    assert str(root / "train" / "cat" / "a.jpg") in message and "not a readable image" in message
+    ds = load_dataset("imagefolder", root, on_bad_image="skip", progress=False)
+    assert ds.train.skipped == 3 and ds.train.counts(3) == [2, 2, 2]

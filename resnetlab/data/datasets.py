@@ -18,7 +18,7 @@ import torch
 from ..errors import UserError
 from .cache import cache_root, file_key, fingerprint, load_tensors, save_tensors
 from .decode import check_policy, decode_files
-from .readers import idx_files, index_folder, read_cifar_python, read_idx_split, synthetic_images
+from .readers import idx_files, index_folder, read_cifar_python, read_idx_split, synthetic_images, walk_once
 from .sources import SPECS, Source, archive_image_folder, locate
 
 __all__ = [
@@ -139,11 +139,10 @@ def _source_lines(source: Source) -> list[str]:
         return file_key(sorted(p for p in source.path.iterdir() if p.is_file() and not p.name.startswith(".")))
     lines = []
     for split in ("train", SPECS[source.dataset].eval_split):
-        for dirpath, dirnames, filenames in os.walk(source.path / split, followlinks=True):
-            dirnames.sort()
-            base = Path(dirpath)
-            lines.append(base.relative_to(source.path).as_posix() + "/")
-            lines += file_key([base / f for f in sorted(filenames)], source.path)
+        top = source.path / split
+        for folder, filenames, _ in walk_once(top, {os.path.realpath(top): top}):  # links loops: index_folder's
+            lines.append(folder.relative_to(source.path).as_posix() + "/")
+            lines += file_key([folder / f for f in filenames], source.path)
     return lines
 
 
