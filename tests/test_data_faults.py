@@ -15,10 +15,14 @@ import torchvision.datasets
 from PIL import Image
 
 from resnetlab import data as rdata
+from resnetlab.cli import main
 from resnetlab.config import RunConfig, apply_overrides
 from resnetlab.data import index_folder, load_dataset, locate, read_image
 from resnetlab.engine.inputs import build_data
 from resnetlab.errors import UserError
+from resnetlab.evaluation import evaluate_checkpoint
+
+from test_eval import make_checkpoint, write_val_folder
 
 
 def _no_download(monkeypatch):
@@ -215,3 +219,24 @@ def test_a_file_link_loop_or_a_dangling_link_is_a_bad_image(data_env, tmp_path, 
     assert str(root / "train" / "cat" / "a.jpg") in message and "not a readable image" in message
     ds = load_dataset("imagefolder", root, on_bad_image="skip", progress=False)
     assert ds.train.skipped == 3 and ds.train.counts(3) == [2, 2, 2]
+
+
+# --- 5. eval --split val on the ImageNet layout -----------------------------------------------------------
+def test_eval_split_val_reads_the_val_folder(data_env, tmp_path, capsys):
+    """Before: '--split val: ... there is no validation split; evaluate --split test'."""
+    root = write_val_folder(tmp_path / "imagenet")
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", data_dir=root)
+    val, test = evaluate_checkpoint(ckpt, split="val", workers=0), evaluate_checkpoint(ckpt, split="test", workers=0)
+    assert val.images == test.images == 7 and val.confusion == test.confusion and val.split == "val"
+    assert main(["eval", "--checkpoint", str(ckpt), "--split", "val", "--out", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e" / "metrics-val-center.json").is_file()
+
+
+def test_eval_split_val_with_a_held_out_split_says_which(data_env, tmp_path, capsys):
+    """A run that held images out of train/ (data.val_split) has two candidates: the held-out split is the
+    one used, as training evaluated it, and a note says so and how to reach val/."""
+    root = write_val_folder(tmp_path / "imagenet")
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", data_dir=root, val_split=3)
+    assert evaluate_checkpoint(ckpt, split="val", workers=0).images == 3
+    note = capsys.readouterr().err
+    assert "held out of train/" in note and "--split test" in note and "val/" in note
