@@ -9,7 +9,15 @@ DataLoader path (``FileDataset``, ``make_loader``) serve data too large to hold 
 """
 
 from .cache import cache_root
-from .datasets import ImageDataset, Split, load_dataset, pixel_mean, synthetic_dataset, train_val_split
+from .datasets import (
+    ImageDataset,
+    Split,
+    load_dataset,
+    pixel_mean,
+    stratified_subset,
+    synthetic_dataset,
+    train_val_split,
+)
 from .decode import BAD_IMAGE_POLICIES, BadImage, read_image
 from .fast import BatchAugment, InMemoryLoader
 from .loaders import FileDataset, ShardSampler, make_loader, open_image_folder, verify_images
@@ -80,6 +88,7 @@ __all__ = [
     "open_image_folder",
     "pixel_mean",
     "read_image",
+    "stratified_subset",
     "synthetic_dataset",
     "tensor_statistics",
     "ten_crop_views",

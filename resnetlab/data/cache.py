@@ -50,8 +50,12 @@ def file_key(files: Iterable[Path], base: Path | None = None) -> list[str]:
     """One ``relpath<TAB>size<TAB>mtime_ns`` line per file: what the cache key is computed from."""
     lines = []
     for path in files:
-        st = path.stat()
         name = path.relative_to(base).as_posix() if base is not None else path.name
+        try:
+            st = path.stat()
+        except OSError as err:  # a dangling link or a link loop: decoding reports (or skips) the file itself
+            lines.append(f"{name}\tunreadable ({err.strerror})")
+            continue
         lines.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}")
     return lines
 

@@ -18,10 +18,18 @@ import torch
 from ..errors import UserError
 from .cache import cache_root, file_key, fingerprint, load_tensors, save_tensors
 from .decode import check_policy, decode_files
-from .readers import idx_files, index_folder, read_cifar_python, read_idx_split, synthetic_images
+from .readers import idx_files, index_folder, read_cifar_python, read_idx_split, synthetic_images, walk_once
 from .sources import SPECS, Source, archive_image_folder, locate
 
-__all__ = ["Split", "ImageDataset", "load_dataset", "synthetic_dataset", "pixel_mean", "train_val_split"]
+__all__ = [
+    "Split",
+    "ImageDataset",
+    "load_dataset",
+    "synthetic_dataset",
+    "pixel_mean",
+    "stratified_subset",
+    "train_val_split",
+]
 
 _Splits = dict[str, tuple[torch.Tensor, torch.Tensor, int]]  # split -> (images, labels, skipped)
 
@@ -85,19 +93,40 @@ def train_val_split(labels: torch.Tensor, val_size: int, seed: int = 0) -> tuple
     n = len(labels)
     if not 0 < val_size < n:
         raise UserError(f"val_size must be between 1 and {n - 1} (the training images), got {val_size}")
-    counts = torch.bincount(labels)
-    exact = counts.double() * val_size / n
-    quota = exact.floor().long()
-    quota[torch.argsort(exact - quota, descending=True, stable=True)[: val_size - int(quota.sum())]] += 1
-    g = torch.Generator().manual_seed(seed)
-    held = []
-    for label, take in enumerate(quota.tolist()):
-        members = (labels == label).nonzero().squeeze(1)
-        held.append(members[torch.randperm(len(members), generator=g)[:take]])
-    val = torch.cat(held).sort().values
+    val = _per_class_draw(labels, val_size, seed)
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False
     return keep.nonzero().squeeze(1), val
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``size`` images drawn class by class, deterministic in ``seed``: what
+    ``--train-subset N`` trains on (the first N files of an ImageFolder, sorted by class, are one class).
+
+    Each class gets its share ``size * count / total``, rounded by largest remainder so that the shares add up
+    to exactly ``size``, and draws that many by a seeded permutation. It depends only on (labels, size, seed),
+    so every rank and every resume draws the same images. With fewer images than classes the classes with the
+    largest shares get one each (ties: the lower label) and the others none.
+    """
+    if size > len(labels):
+        raise UserError(f"a subset of {size} images is more than the {len(labels)} training images")
+    if size < 1:
+        raise UserError(f"a subset needs at least 1 image, got {size}")
+    return _per_class_draw(labels, size, seed)
+
+
+def _per_class_draw(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``size`` of ``labels``, each class its largest-remainder share, seeded."""
+    counts = torch.bincount(labels)
+    exact = counts.double() * size / len(labels)
+    quota = exact.floor().long()
+    quota[torch.argsort(exact - quota, descending=True, stable=True)[: size - int(quota.sum())]] += 1
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label, take in enumerate(quota.tolist()):
+        members = (labels == label).nonzero().squeeze(1)
+        chosen.append(members[torch.randperm(len(members), generator=g)[:take]])
+    return torch.cat(chosen).sort().values
 
 
 def _source_lines(source: Source) -> list[str]:
@@ -110,11 +139,10 @@ def _source_lines(source: Source) -> list[str]:
         return file_key(sorted(p for p in source.path.iterdir() if p.is_file() and not p.name.startswith(".")))
     lines = []
     for split in ("train", SPECS[source.dataset].eval_split):
-        for dirpath, dirnames, filenames in os.walk(source.path / split, followlinks=True):
-            dirnames.sort()
-            base = Path(dirpath)
-            lines.append(base.relative_to(source.path).as_posix() + "/")
-            lines += file_key([base / f for f in sorted(filenames)], source.path)
+        top = source.path / split
+        for folder, filenames, _ in walk_once(top, {os.path.realpath(top): top}):  # links loops: index_folder's
+            lines.append(folder.relative_to(source.path).as_posix() + "/")
+            lines += file_key([folder / f for f in filenames], source.path)
     return lines
 
 
@@ -178,7 +206,7 @@ def _cached_splits(
     """Every split of ``source`` from the cache, or decoded and written to it: (splits, classes, mean, files)."""
     spec = SPECS[source.dataset]
     key = fingerprint(_source_lines(source), format=source.format, image_size=image_size, on_bad_image=on_bad_image)
-    where = hashlib.sha256(str(source.path.resolve()).encode()).hexdigest()[:8]
+    where = hashlib.sha256(os.fsencode(source.path.resolve())).hexdigest()[:8]  # the name's bytes: any name
     folder = cache_root() / "decoded" / f"{source.dataset}-{where}"
     paths = {split: folder / f"{split}-{key[:16]}.safetensors" for split in ("train", spec.eval_split)}
     if (cached := _read_cache(paths)) is not None:
@@ -231,6 +259,8 @@ def load_dataset(
     """
     check_policy(on_bad_image)
     if name == "synthetic":
+        if data_dir is not None:  # generated, not read: a named folder would be silently ignored
+            raise UserError(f"synthetic images are generated, not read from a folder: leave out --data-dir {data_dir}")
         dataset = synthetic_dataset()
         source: Source | None = None
         files: list[Path] = []

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..errors import UserError
 
 try:  # torchvision 0.29 deprecates its image decoders (for TorchCodec); PIL takes over once they are removed
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
 except ImportError:  # pragma: no cover - a future torchvision
     decode_image = None  # type: ignore[assignment]
 
@@ -104,10 +104,18 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
     with open_image(path) as img:
         if decode_image is not None and img.format in ("JPEG", "PNG") and img.mode in ("RGB", "L"):
             mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+            # The bytes are read here, not by torchvision.io.read_file: it takes the path as a str it must
+            # encode as UTF-8, so a valid file whose name is not UTF-8 (b"caf\xe9.jpg", a surrogate-escaped
+            # str in Python) failed there and was reported corrupt.
+            try:
+                with open(path, "rb") as f:
+                    data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+            except OSError as err:
+                raise BadImage(path, f"unreadable ({err.strerror})") from err
             try:
                 with warnings.catch_warnings():  # the deprecation notice, once per image otherwise
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    out = decode_image(read_file(str(path)), mode=mode)
+                    out = decode_image(data, mode=mode)
             except RuntimeError as err:
                 raise BadImage(path, f"truncated or corrupt ({str(err).splitlines()[0]})") from err
             return out if out.dtype == torch.uint8 else TF.to_dtype(out, torch.uint8, scale=True)

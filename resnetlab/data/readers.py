@@ -13,6 +13,7 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ __all__ = [
     "IDX_STEMS",
     "FolderIndex",
     "index_folder",
+    "walk_once",
     "idx_files",
     "read_cifar_python",
     "read_idx_split",
@@ -166,14 +168,73 @@ class FolderIndex:
         return torch.bincount(torch.tensor(self.labels, dtype=torch.int64), minlength=len(self.classes)).tolist()
 
 
+def _cannot_list(err: OSError) -> None:
+    # os.walk would leave an unreadable folder out silently: its images would be lost without a word.
+    raise UserError(f"{err.filename}: cannot list the folder ({err.strerror})")
+
+
+def walk_once(top: Path, seen: dict[str, Path]) -> Iterator[tuple[Path, list[str], list[tuple[Path, Path]]]]:
+    """``os.walk(top, followlinks=True)`` that enters each real folder once, hidden folders left out.
+
+    ``seen`` maps the real path of every folder entered so far to the path it was entered by (the caller
+    puts ``top`` in; pass one dict to several calls to share it). Yields each folder, its file names (sorted)
+    and, for each subfolder not entered because its real folder was entered already, ``(subfolder, first
+    path)``: a link loop (``ln -s . loop``, which os.walk would follow 40 levels deep until the kernel's
+    ELOOP) or a second link to one folder.
+    """
+    for dirpath, dirnames, filenames in os.walk(top, onerror=_cannot_list, followlinks=True):
+        here = Path(dirpath)
+        enter, repeats = [], []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(here / name)
+            if real in seen:
+                repeats.append((here / name, seen[real]))
+            else:
+                seen[real] = here / name
+                enter.append(name)
+        dirnames[:] = enter
+        yield here, sorted(filenames), repeats
+
+
+def _two_labels(path: Path, first: Path, root: Path, name: str) -> UserError:
+    owner = "the other classes" if first == root else f"class {first.relative_to(root).parts[0]}"
+    return UserError(
+        f"{path} is the same folder as {first} (through a link), so its images would have two labels ({owner} "
+        f"and class {name}); remove the link"
+    )
+
+
+def _class_files(root: Path, name: str, seen: dict[str, Path]) -> list[Path]:
+    """The images under class folder ``root/name``, each real folder read once. A link back into the class
+    (a loop) is skipped with a warning, since its images are listed once already; a folder that is also
+    another class's (or the split folder itself) is an error, since its images would carry two labels."""
+    top = root / name
+    real = os.path.realpath(top)
+    if real in seen:
+        raise _two_labels(top, seen[real], root, name)
+    seen[real] = top
+    files = []
+    for folder, filenames, repeats in walk_once(top, seen):
+        for link, first in repeats:
+            if first != top and top not in first.parents:
+                raise _two_labels(link, first, root, name)
+            log.warning("%s: skipped, the same folder as %s (a link loop): its images are listed once", link, first)
+        files += [folder / f for f in filenames if _is_image(f)]
+    return files
+
+
 def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def index_folder(root: Path, *, on_bad_image: str = "error", classes: list[str] | None = None) -> FolderIndex:
-    """List ``root/<class>/**/<image>``. An empty class folder is an error, or under ``on_bad_image="skip"``
-    a logged class with no images; a split with no images at all is always an error. ``classes``: the
-    class list another split fixed (``root`` must have exactly these folders)."""
+    """List ``root/<class>/**/<image>``, following links, each real folder once. An empty class folder is an
+    error, or under ``on_bad_image="skip"`` a logged class with no images; a split with no images at all is
+    always an error. ``classes``: the class list another split fixed (``root`` must have exactly these
+    folders). A link loop inside a class is skipped with a warning (its images are already listed, from
+    the real path; the folder may be read-only, so refusing would leave no way on); a folder reached from
+    two classes, or a class folder linked to the split folder or above, is an error naming the link, since
+    its images would be labelled twice."""
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
     found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -185,11 +246,9 @@ def index_folder(root: Path, *, on_bad_image: str = "error", classes: list[str] 
     files: list[Path] = []
     labels: list[int] = []
     empty = []
+    seen = {os.path.realpath(root): root}
     for label, name in enumerate(found):
-        class_files = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            class_files += [Path(dirpath) / f for f in sorted(filenames) if _is_image(f)]
+        class_files = _class_files(root, name, seen)
         if not class_files:
             if on_bad_image != "skip":
                 raise UserError(

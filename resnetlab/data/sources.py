@@ -1,5 +1,6 @@
-"""Where each dataset is found: ``--data-dir``, then ``$RESNETLAB_DATA``, then the system location, then a
-download with torchvision's own code (which checks the published checksums).
+"""Where each dataset is found: ``--data-dir`` alone when it is given (the data is there or the run is
+refused: a folder the user named is never replaced by another copy); otherwise ``$RESNETLAB_DATA``, then the
+system location, then a download with torchvision's own code (which checks the published checksums).
 
 A dataset is one row of :data:`SPECS`; a found copy is a :class:`Source` (its format and path). Archives
 (the CIFAR-10 JPEG copy) are verified by sha256 and unpacked once into the cache, never beside the
@@ -179,6 +180,57 @@ def _find_in(folder: Path, spec: DatasetSpec, via: str) -> Source | None:
     return None
 
 
+def _near_misses(folder: Path, spec: DatasetSpec) -> list[str]:
+    """The parts of ``spec``'s layouts that ``folder`` holds without the rest (train/ without test/, some of
+    the idx files...), as an error names them."""
+    found = []
+    if spec.python_folder and (folder / spec.python_folder).is_dir():
+        marker = "batches.meta" if spec.name == "cifar10" else "meta"
+        found.append(f"{spec.python_folder}/ without its {marker} file")
+    for cand in (folder, *(folder / sub for sub in spec.folders)):
+        if not cand.is_dir():
+            continue
+        at = "" if cand == folder else cand.relative_to(folder).as_posix() + "/"
+        if spec.image_folder:
+            splits = [s for s in ("train", "test", "val") if (cand / s).is_dir()]
+            others = [s for s in splits if s not in ("train", spec.eval_split)]
+            if "train" in splits and spec.eval_split not in splits:
+                found.append(
+                    f"{at}train/ + {at}{others[0]}/, but {spec.name}'s evaluation folder is {spec.eval_split}/"
+                    if others
+                    else f"{at}train/ without {at}{spec.eval_split}/"
+                )
+            elif spec.eval_split in splits and "train" not in splits:
+                found.append(f"{at}{spec.eval_split}/ without {at}train/")
+        if spec.idx:
+            present = [s for s in IDX_STEMS if (cand / f"{s}.gz").is_file() or (cand / s).is_file()]
+            if present:  # all four would have been found
+                missing = ", ".join(s for s in IDX_STEMS if s not in present)
+                found.append(f"{len(present)} of the 4 idx files in {at or 'it'} (missing {missing})")
+    return found
+
+
+def _listing(folder: Path, limit: int = 8) -> str:
+    """What ``folder`` holds, as a few names (folders with a trailing /)."""
+    try:
+        names = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(folder))
+    except OSError as err:
+        return f"a folder that cannot be listed ({err.strerror})"
+    if not names:
+        return "an empty folder"
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _refuse_data_dir(data_dir: str | os.PathLike[str], folder: Path, spec: DatasetSpec) -> UserError:
+    found = "; ".join(_near_misses(folder, spec)) or _listing(folder)
+    return UserError(
+        f"{spec.name} not found: looked in {data_dir} (--data-dir), which holds {found}; expected "
+        f"{spec.layouts()}. A given --data-dir is the only place looked (RESNETLAB_DATA is not read and "
+        "downloading is off)"
+    )
+
+
 def _folder(path: str | os.PathLike[str], label: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -201,17 +253,22 @@ def _download(spec: DatasetSpec, root: Path) -> str | None:
 
 
 def locate(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = True) -> Source:
-    """Find dataset ``name``: ``data_dir``, then ``$RESNETLAB_DATA``, then the system location, then the
-    cache's download folder, then (if ``download``) torchvision's download into that folder.
+    """Find dataset ``name``: in ``data_dir`` only, when it is given; otherwise ``$RESNETLAB_DATA``, then the
+    system location, then the cache's download folder, then (if ``download``) torchvision's download into
+    that folder.
 
-    Raises UserError, naming every place looked in and how to provide the data, when it is not found.
+    Raises UserError when it is not found: for a ``data_dir``, what the folder holds and what was expected;
+    otherwise every place looked in and how to provide the data.
     """
     if name not in SPECS:
         raise UserError(f"unknown dataset {name!r}; the datasets are {', '.join(dataset_names())}")
     spec = SPECS[name]
+    if data_dir is not None:  # used or refused: falling back would train on data the user did not name
+        folder = _folder(data_dir, f"--data-dir {data_dir}")
+        if source := _find_in(folder, spec, "--data-dir"):
+            return source
+        raise _refuse_data_dir(data_dir, folder, spec)
     places: list[tuple[Path, str]] = []
-    if data_dir is not None:
-        places.append((_folder(data_dir, f"--data-dir {data_dir}"), "--data-dir"))
     if os.environ.get("RESNETLAB_DATA"):
         env = os.environ["RESNETLAB_DATA"]
         places.append((_folder(env, f"RESNETLAB_DATA={env}"), "RESNETLAB_DATA"))
@@ -226,7 +283,7 @@ def locate(name: str, data_dir: str | os.PathLike[str] | None = None, *, downloa
 
     looked = ", ".join(f"{folder} ({via})" for folder, via in places)
     unset = ""
-    if data_dir is None and not os.environ.get("RESNETLAB_DATA"):
+    if not os.environ.get("RESNETLAB_DATA"):
         unset = " (no --data-dir given, RESNETLAB_DATA unset)"
     if spec.system_dir is not None and not spec.system_dir.is_dir():
         looked += f", {spec.system_dir} (system location, absent)"

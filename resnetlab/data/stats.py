@@ -8,6 +8,7 @@ In-memory datasets have them in one pass over the uint8 tensor; an ImageNet-layo
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -101,7 +102,7 @@ def folder_statistics(
         g = torch.Generator().manual_seed(seed)
         picks = sorted(torch.randperm(len(picks), generator=g)[:max_images].tolist())
     key = fingerprint(file_key([index.files[i] for i in picks], index.root), resize=resize, crop=crop)
-    where = hashlib.sha256(str(index.root.resolve()).encode()).hexdigest()[:8]
+    where = hashlib.sha256(os.fsencode(index.root.resolve())).hexdigest()[:8]  # the name's bytes: any name
     path = cache_root() / "stats" / f"folder-{where}-{resize}-{crop}-{key[:16]}.safetensors"
     if (hit := load_tensors(path)) is not None:
         tensors, meta = hit

@@ -76,7 +76,10 @@ def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_
     if dc.train_subset:
         if dc.train_subset > len(train_split):
             raise UserError(f"--train-subset {dc.train_subset} is more than the {len(train_split)} training images")
-        train_split = rdata.Split(train_split.images[: dc.train_subset], train_split.labels[: dc.train_subset])
+        # Each class its share, drawn from train.seed: the same images on every rank and every resume (the
+        # first N files of a folder sorted by class would be one class).
+        chosen = rdata.stratified_subset(train_split.labels, dc.train_subset, seed=tc.seed)
+        train_split = rdata.Split(train_split.images[chosen], train_split.labels[chosen])
         mean = rdata.pixel_mean(train_split.images)
     common = dict(mean=mean, device=device, rank=rank, world_size=world, channels_last=tc.channels_last)
     train = rdata.InMemoryLoader(

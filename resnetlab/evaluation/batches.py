@@ -10,13 +10,17 @@ Where the images come from:
 
 ``split="test"`` is the dataset's evaluation split (``test/``, or ``val/`` in the ImageNet layout);
 ``split="val"`` is the validation split held out of the training images when the run had one (Sec. 4.2's
-45k/5k, ``data.val_split``), rebuilt exactly as training drew it (``train_val_split``, seed 0).
+45k/5k, ``data.val_split``), rebuilt exactly as training drew it (``train_val_split``, seed 0). In the
+ImageNet layout a run without one has ``val/`` as its only validation split, and ImageNet users call that
+folder "val": ``split="val"`` reads it (the same images as ``"test"``); with both, the held-out split is
+used, as training evaluated it, and a note on stderr says so.
 Sharding: ``rank, rank + world_size, ...`` (``InMemoryLoader``'s evaluation order, ``ShardSampler``), so
 nothing is padded and no image is counted twice.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -102,10 +106,14 @@ def _files(
     workers: int | None,
 ) -> EvalData:
     train, val = rdata.open_image_folder(data_dir, on_bad_image=on_bad_image)
-    index = val
-    if split == "val":
-        if not val_split:
-            raise _no_val_split("imagefolder")
+    index = val  # the val/ folder: --split test, and --split val when nothing was held out of train/
+    if split == "val" and val_split:
+        if runtime.is_main_process():  # two splits answer to "val": say which one this is
+            print(
+                f"note: --split val is the {val_split} images held out of train/ (data.val_split), as training "
+                "evaluated them; evaluate the val/ folder with --split test",
+                file=sys.stderr,
+            )
         if on_bad_image == "skip":  # training drew the split after dropping the files it could not decode
             raise UserError(
                 "--split val of an image folder trained with on_bad_image=skip cannot be rebuilt file "
