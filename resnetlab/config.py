@@ -122,8 +122,11 @@ class DataConfig:
         None, "--data-dir", "where the dataset is (then $RESNETLAB_DATA, the system location)", metavar="DIR"
     )
     """Where to look first; then RESNETLAB_DATA, the system location, a download."""
-    train_subset: int = flag(0, "--train-subset", "train on the first N training images only", metavar="N")
-    """Train on the first N training images only (0: all)."""
+    train_subset: int = flag(
+        0, "--train-subset", "train on N training images, a class-stratified sample drawn with --seed", metavar="N"
+    )
+    """Train on N training images (0: all): each class its share, drawn with train.seed, the same on every rank
+    and every resume."""
     val_split: int = 0
     """Hold out this many training images as a validation split (the paper's 45k/5k: 5000); 0: none."""
     loader: Literal["auto", "memory", "stream"] = "auto"
