@@ -19,7 +19,8 @@ name and options become a module, ``load_weights`` the one strict load.
 
 Nothing damaged is used: ``load_checkpoint`` checks every zip entry's CRC-32 before unpickling (torch.load
 does not; ``check_archive``, also run on a TorchScript export), an export carries a SHA-256 of its header and
-tensors (``CHECKSUM_KEY``, ``export_checksum``) checked on reading.
+tensors (``CHECKSUM_KEY``, ``export_checksum``) checked on reading, and a network read for inference must
+hold finite numbers only (``require_finite``; ``nonfinite_tensors`` for any nested state, a resume's too).
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ __all__ = [
     "load_weights",
     "model_from_checkpoint",
     "network_state",
+    "nonfinite_tensors",
     "read_network",
     "read_training_checkpoint",
+    "require_finite",
     "save_checkpoint",
 ]
 
@@ -125,6 +128,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a resnetlab checkpoint (found a {type(state).__name__}, not a dict)")
     return state
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """The dotted names (``model.fc.bias``, ``optimizer.state.0.momentum_buffer``) of the floating-point
+    tensors in ``state`` (a tensor, or dicts and lists of them, anything else ignored) holding a NaN or an
+    infinity, in the order of ``state``."""
+    if isinstance(state, torch.Tensor):
+        if not (state.is_floating_point() or state.is_complex()) or bool(state.sum().isfinite()):
+            # A finite sum means every element is finite (a NaN or an infinity would make it non-finite); on
+            # the CPU one sum is ~20x faster than isfinite().all() (ResNet-50: 15 ms against 300 ms).
+            return []
+        return [] if bool(torch.isfinite(state).all()) else [prefix]  # the sum may only have overflowed
+    if isinstance(state, Mapping):
+        items: Any = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [
+        name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
+
+
+def require_finite(state: Any, path: Path) -> None:
+    """A one-line UserError naming ``path`` and the first non-finite tensor of ``state``: a network with a
+    NaN or an infinity in a weight or a statistic gives ``nan`` scores, never an answer."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ""
+        raise UserError(
+            f"{path}: non-finite values (NaN or infinity) in {bad[0]}{more}; its scores would be NaN (a run "
+            "that diverged? take an earlier checkpoint)"
+        )
 
 
 def export_checksum(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str:
@@ -229,7 +265,8 @@ class NetworkRecord:
     @classmethod
     def from_header(cls, meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path) -> NetworkRecord:
         """Read an export: its header and its tensors (the mean among them), checked against the header's
-        checksum (an export written before the checksum existed has none and is read as it is)."""
+        checksum (an export written before the checksum existed has none and is read as it is) and for
+        non-finite values."""
         if meta.get("format") != FORMAT:
             raise UserError(
                 f"{path} is a safetensors file but not a resnetlab export (format {meta.get('format')!r}, "
@@ -258,7 +295,7 @@ class NetworkRecord:
                 folded=bool(net.get("bn_folded")),
                 extra=dict(extra),
             )
-        return record
+        return _finite(record, path)
 
 
 def network_state(
@@ -298,6 +335,13 @@ def _json_entry(meta: dict[str, str], key: str, path: Path) -> Any:
         raise UserError(f"{path}: the safetensors header has no valid {key!r} entry") from None
 
 
+def _finite(record: NetworkRecord, path: Path) -> NetworkRecord:
+    """``record``, after ``require_finite`` on its weights, mean and std (all that inference computes with)."""
+    pre = record.preprocessing
+    require_finite({**record.weights, MEAN_KEY: pre.mean, "preprocessing.std": pre.std}, path)
+    return record
+
+
 def _require(state: dict[str, Any], keys: tuple[str, ...], path: Path, what: str) -> None:
     missing = [k for k in keys if k not in state]
     if missing:
@@ -333,9 +377,10 @@ def _network_from_state(state: dict[str, Any], path: Path) -> tuple[RunConfig, N
 
 
 def read_network(path: str | Path) -> NetworkRecord:
-    """The network a checkpoint (a training run's, or imported weights) records."""
+    """The network a checkpoint (a training run's, or imported weights) records, for inference: its weights
+    finite (``require_finite``)."""
     path = Path(path)
-    return _network_from_state(load_checkpoint(path), path)[1]
+    return _finite(_network_from_state(load_checkpoint(path), path)[1], path)
 
 
 def read_training_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:

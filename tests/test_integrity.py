@@ -1,4 +1,4 @@
-"""Nothing poisoned: a damaged, empty or malformed checkpoint or export is a one-line error.
+"""Nothing poisoned: damaged, empty or malformed checkpoints and exports, non-finite weights: one line each.
 
 torch.load does not check the CRC-32 of a checkpoint's zip entries and a safetensors file has no checksum
 of its own, so a flipped bit in a weight used to give confident nonsense ("100.00% airplane"). Each case
@@ -8,6 +8,7 @@ naming the file, no traceback).
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from resnetlab.checkpoint import load_checkpoint
+from resnetlab.checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
 from resnetlab.cli import main
 from resnetlab.deploy import export_model, read_bundle
 from resnetlab.deploy.export import _runner
@@ -130,6 +131,44 @@ def test_a_damaged_torchscript_export_is_refused_by_the_exports_check(checkpoint
         _runner("torchscript", out)
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_weights_are_refused_for_inference(checkpoint, image, tmp_path, capsys, value):
+    state = load_checkpoint(checkpoint)
+    state["model"]["layer1.0.conv2.weight"][0, 0, 0, 0] = value
+    save_checkpoint(state, checkpoint)
+    message = "layer1.0.conv2.weight"
+    with pytest.raises(UserError, match=rf"{checkpoint}.*non-finite.*{message}"):
+        read_bundle(checkpoint)
+    assert_one_line_exit_2(["predict", "--checkpoint", str(checkpoint), str(image)], capsys, str(checkpoint), message)
+    argv = ["eval", "--checkpoint", str(checkpoint), "--workers", "0", "--out", str(tmp_path / "e")]
+    assert_one_line_exit_2(argv, capsys, str(checkpoint), message)
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(tmp_path / "m")]
+    assert_one_line_exit_2(argv, capsys, message)
+    assert not (tmp_path / "m").exists()
+
+
+def test_non_finite_weights_in_an_export_are_refused(checkpoint, image, tmp_path, capsys):
+    good = tmp_path / "model.safetensors"
+    export_model(checkpoint, "safetensors", good)
+
+    def poison(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["fc.bias"][1] = math.nan
+
+    bad = without_checksum(good, tmp_path / "nan.safetensors", poison)
+    assert_one_line_exit_2(["predict", "--checkpoint", str(bad), str(image)], capsys, str(bad), "fc.bias")
+
+
+def test_nonfinite_tensors_names_every_bad_tensor_of_a_nested_state():
+    state = {
+        "model": {"a": torch.ones(2), "b": torch.tensor([1.0, math.nan])},
+        "optimizer": {"state": {0: {"momentum_buffer": torch.tensor([math.inf])}}, "param_groups": [{"lr": 0.1}]},
+        "steps": torch.arange(3),  # integers are always finite
+        "iteration": 7,
+    }
+    assert nonfinite_tensors(state) == ["model.b", "optimizer.state.0.momentum_buffer"]
+    assert nonfinite_tensors({"model": {"a": torch.ones(2)}}) == []
+
+
 HUGE = (1 << 62).to_bytes(8, "little") + b'{"__metadata__": {}}'
 
 
@@ -149,3 +188,8 @@ def test_empty_or_malformed_files_are_one_line_errors(tmp_path, image, capsys, n
     assert_one_line_exit_2(["predict", "--checkpoint", str(path), str(image)], capsys, str(path), message)
     argv = ["eval", "--checkpoint", str(path), "--workers", "0", "--out", str(tmp_path / "e")]
     assert_one_line_exit_2(argv, capsys, str(path), message)
+
+
+def test_large_finite_values_are_not_mistaken_for_non_finite_ones():
+    big = torch.full((4,), 3e38)  # finite, but their float32 sum overflows to inf
+    assert nonfinite_tensors({"w": big, "h": big.half().clamp(max=6e4)}) == []
