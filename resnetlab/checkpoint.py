@@ -16,17 +16,27 @@ its weights.
 ``read_network`` and ``read_training_checkpoint`` are the only readers of a ``.pt``; each checks its keys and
 turns every malformed entry into a one-line ``UserError``. ``build_network`` is the one place a recorded
 name and options become a module, ``load_weights`` the one strict load.
+
+Nothing damaged is used: ``load_checkpoint`` checks every zip entry's CRC-32 before unpickling (torch.load
+does not; ``check_archive``, also run on a TorchScript export), an export carries a SHA-256 of its header and
+tensors (``CHECKSUM_KEY``, ``export_checksum``) checked on reading, and a network read for inference must
+hold finite numbers only (``require_finite``; ``nonfinite_tensors`` for any nested state, a resume's too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
+import zipfile
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .config import RunConfig, config_from_dict
@@ -36,24 +46,30 @@ from .files import atomic_write
 from .models import create_model
 
 __all__ = [
+    "CHECKSUM_KEY",
     "FORMAT",
     "MEAN_KEY",
     "NETWORK_KEYS",
     "TRAINING_KEYS",
     "NetworkRecord",
     "build_network",
+    "check_archive",
     "clean_state_dict",
+    "export_checksum",
     "load_checkpoint",
     "load_weights",
     "model_from_checkpoint",
     "network_state",
+    "nonfinite_tensors",
     "read_network",
     "read_training_checkpoint",
+    "require_finite",
     "save_checkpoint",
 ]
 
 FORMAT = "resnetlab.inference/1"  # an export's safetensors header "format" entry
 MEAN_KEY = "preprocessing.mean"  # an export's mean tensor
+CHECKSUM_KEY = "sha256"  # an export's header entry: export_checksum of the rest (absent before it existed)
 NETWORK_KEYS = ("model", "config", "classes", "mean")  # and, optional: preprocessing, dataset, iteration, source
 TRAINING_KEYS = ("optimizer", "schedule", "loader", "rng", "iteration", "best_error", "window")
 
@@ -64,13 +80,40 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
+def check_archive(path: Path) -> None:
+    """Refuse a zip archive (what ``torch.save`` and ``torch.jit.save`` write) with an entry that fails its
+    CRC-32: torch reads a flipped bit as a different weight without a word. Reads the whole file once
+    (ResNet-50's 102 MB from the page cache: 25-45 ms, torch.load itself 70-110 ms); a file that is no zip
+    archive at all (a legacy torch file) is left to torch's own reader."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # the first entry whose bytes fail its CRC-32 or whose header is wrong
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error) as err:
+        raise UserError(f"{path} is damaged: its zip archive cannot be read ({err}); use another copy") from None
+    if bad is not None:
+        raise UserError(
+            f"{path} is damaged: its entry {bad} fails its CRC-32 check (the file changed after it was "
+            "written: a bad disk or copy); use another copy"
+        )
+
+
+def _refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes): a copy or a save that was cut short?")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw dict of a ``.pt`` file, read with ``weights_only=True``; a one-line UserError for anything else."""
+    """The raw dict of a ``.pt`` file, read with ``weights_only=True`` after ``check_archive``; a one-line
+    UserError for anything else."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a checkpoint file such as {path / 'checkpoints' / 'last.pt'}")
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
+    _refuse_empty(path)
+    check_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -78,13 +121,69 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(
             f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({first})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as err:  # torch.load reads *.safetensors
         raise UserError(
             f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         ) from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a resnetlab checkpoint (found a {type(state).__name__}, not a dict)")
     return state
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """The dotted names (``model.fc.bias``, ``optimizer.state.0.momentum_buffer``) of the floating-point
+    tensors in ``state`` (a tensor, or dicts and lists of them, anything else ignored) holding a NaN or an
+    infinity, in the order of ``state``."""
+    if isinstance(state, torch.Tensor):
+        if not (state.is_floating_point() or state.is_complex()) or bool(state.sum().isfinite()):
+            # A finite sum means every element is finite (a NaN or an infinity would make it non-finite); on
+            # the CPU one sum is ~20x faster than isfinite().all() (ResNet-50: 15 ms against 300 ms).
+            return []
+        return [] if bool(torch.isfinite(state).all()) else [prefix]  # the sum may only have overflowed
+    if isinstance(state, Mapping):
+        items: Any = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    return [
+        name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    ]
+
+
+def require_finite(state: Any, path: Path) -> None:
+    """A one-line UserError naming ``path`` and the first non-finite tensor of ``state``: a network with a
+    NaN or an infinity in a weight or a statistic gives ``nan`` scores, never an answer."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" and {len(bad) - 1} more tensor{'s' if len(bad) > 2 else ''}" if len(bad) > 1 else ""
+        raise UserError(
+            f"{path}: non-finite values (NaN or infinity) in {bad[0]}{more}; its scores would be NaN (a run "
+            "that diverged? take an earlier checkpoint)"
+        )
+
+
+def export_checksum(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> str:
+    """An export's ``CHECKSUM_KEY`` entry: SHA-256 over its header entries but this one (key, value) and its
+    tensors (name, dtype, shape, raw bytes), each in sorted order, each field prefixed by its length.
+    safetensors keeps no checksum of its own, so a flipped bit would otherwise pass as a weight."""
+    digest = hashlib.sha256()
+
+    def put(data: bytes) -> None:
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+
+    for key in sorted(k for k in meta if k != CHECKSUM_KEY):
+        put(key.encode())
+        put(meta[key].encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        put(name.encode())
+        put(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()  # the bytes safetensors stores (little-endian)
+        digest.update(len(raw).to_bytes(8, "little"))
+        digest.update(raw)
+    return digest.hexdigest()
 
 
 def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -165,11 +264,18 @@ class NetworkRecord:
 
     @classmethod
     def from_header(cls, meta: dict[str, str], tensors: dict[str, torch.Tensor], path: Path) -> NetworkRecord:
-        """Read an export: its header and its tensors (the mean among them)."""
+        """Read an export: its header and its tensors (the mean among them), checked against the header's
+        checksum (an export written before the checksum existed has none and is read as it is) and for
+        non-finite values."""
         if meta.get("format") != FORMAT:
             raise UserError(
                 f"{path} is a safetensors file but not a resnetlab export (format {meta.get('format')!r}, "
                 f"expected {FORMAT!r})"
+            )
+        if CHECKSUM_KEY in meta and export_checksum(tensors, meta) != meta[CHECKSUM_KEY]:
+            raise UserError(
+                f"{path} is damaged: its contents do not match the {CHECKSUM_KEY} checksum in its header (the "
+                "file changed after it was written: a bad disk or copy); export it again or use another copy"
             )
         net, classes = _json_entry(meta, "model", path), _json_entry(meta, "classes", path)
         data, record = _json_entry(meta, "data", path), _json_entry(meta, "preprocessing", path)
@@ -179,7 +285,7 @@ class NetworkRecord:
             raise UserError(f"{path}: no {MEAN_KEY!r} tensor")
         mean = tensors.pop(MEAN_KEY)
         with _entries(path, "model, classes or preprocessing"):
-            return cls(
+            record = cls(
                 name=str(net["name"]),
                 options=dict(net.get("options", {})),
                 classes=[str(c) for c in classes],
@@ -189,6 +295,7 @@ class NetworkRecord:
                 folded=bool(net.get("bn_folded")),
                 extra=dict(extra),
             )
+        return _finite(record, path)
 
 
 def network_state(
@@ -228,6 +335,13 @@ def _json_entry(meta: dict[str, str], key: str, path: Path) -> Any:
         raise UserError(f"{path}: the safetensors header has no valid {key!r} entry") from None
 
 
+def _finite(record: NetworkRecord, path: Path) -> NetworkRecord:
+    """``record``, after ``require_finite`` on its weights, mean and std (all that inference computes with)."""
+    pre = record.preprocessing
+    require_finite({**record.weights, MEAN_KEY: pre.mean, "preprocessing.std": pre.std}, path)
+    return record
+
+
 def _require(state: dict[str, Any], keys: tuple[str, ...], path: Path, what: str) -> None:
     missing = [k for k in keys if k not in state]
     if missing:
@@ -263,9 +377,10 @@ def _network_from_state(state: dict[str, Any], path: Path) -> tuple[RunConfig, N
 
 
 def read_network(path: str | Path) -> NetworkRecord:
-    """The network a checkpoint (a training run's, or imported weights) records."""
+    """The network a checkpoint (a training run's, or imported weights) records, for inference: its weights
+    finite (``require_finite``)."""
     path = Path(path)
-    return _network_from_state(load_checkpoint(path), path)[1]
+    return _finite(_network_from_state(load_checkpoint(path), path)[1], path)
 
 
 def read_training_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:

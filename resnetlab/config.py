@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -56,6 +57,13 @@ def _choose(value: Any, choices: tuple[Any, ...], key: str) -> Any:
         if value == choice or (isinstance(value, str) and str(choice).lower() == value.lower()):
             return choice
     raise UserError(f"{key} must be {_choices_text(choices)}, got {value!r}")
+
+
+def _require(ok: bool, message: str) -> None:
+    """A value torch (or the schedule) would refuse later with a traceback, or take and train on nonsense,
+    is a one-line UserError now."""
+    if not ok:
+        raise UserError(message)
 
 
 def _literal_choices(annotation: Any) -> tuple[tuple[Any, ...], bool] | None:
@@ -144,6 +152,7 @@ class DataConfig:
         _check_choices(self, "data")
         if self.train_subset < 0 or self.val_split < 0:
             raise UserError("data.train_subset and data.val_split must be >= 0")
+        _require(self.num_workers >= 0, f"data.num_workers must be >= 0 (0: this process), got {self.num_workers}")
 
 
 @dataclass
@@ -159,6 +168,13 @@ class OptimConfig:
         _check_choices(self, "optim")
         if self.batch_size < 1 or self.lr <= 0:
             raise UserError("optim.batch_size must be >= 1 and optim.lr > 0")
+        _require(math.isfinite(self.lr), f"optim.lr must be a finite number, got {self.lr}")
+        # not (a <= x < b) also refuses NaN, which every comparison fails
+        _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1) (the paper: 0.9), got {self.momentum}")
+        _require(
+            0 <= self.weight_decay < math.inf,
+            f"optim.weight_decay must be >= 0 and finite (the paper: 1e-4), got {self.weight_decay}",
+        )
 
 
 @dataclass
@@ -176,6 +192,23 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "schedule")
+        ms = self.milestones
+        _require(
+            all(m >= 0 for m in ms) and ms == sorted(ms),
+            f"schedule.milestones must be iterations >= 0 in increasing order, got {ms}",
+        )
+        # gamma multiplies the lr at each step: (0, 1] divides it (the paper: by 10), as the schedule means
+        _require(0 < self.gamma <= 1, f"schedule.gamma must be in (0, 1] (the paper: 0.1), got {self.gamma}")
+        _require(
+            self.warmup_lr is None or 0 < self.warmup_lr < math.inf,
+            f"schedule.warmup_lr must be > 0 and finite, or none (the paper's ResNet-110: 0.01), got {self.warmup_lr}",
+        )
+        _require(
+            0 < self.warmup_until_error <= 1,
+            f"schedule.warmup_until_error must be in (0, 1] (a training error; the paper: 0.8), got "
+            f"{self.warmup_until_error}",
+        )
+        _require(self.plateau_patience >= 1, f"schedule.plateau_patience must be >= 1, got {self.plateau_patience}")
 
 
 @dataclass
@@ -203,6 +236,7 @@ class TrainConfig:
         _check_choices(self, "train")
         if self.iterations < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise UserError("train.iterations, eval_every, checkpoint_every and log_every must be >= 1")
+        _require(self.keep_every >= 0, f"train.keep_every must be >= 0 (0: only last and best), got {self.keep_every}")
 
 
 @dataclass

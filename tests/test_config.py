@@ -71,6 +71,41 @@ def test_bad_overrides_are_one_line_errors(override, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.momentum=-1", "optim.momentum must be in [0, 1)"),
+        ("optim.momentum=1", "optim.momentum must be in [0, 1)"),
+        ("optim.momentum=nan", "optim.momentum must be in [0, 1)"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0"),
+        ("optim.lr=nan", "optim.lr must be"),
+        ("optim.lr=inf", "optim.lr must be"),
+        ("schedule.gamma=0", "schedule.gamma must be in (0, 1]"),
+        ("schedule.gamma=-0.1", "schedule.gamma must be in (0, 1]"),
+        ("schedule.warmup_lr=0", "schedule.warmup_lr must be"),
+        ("schedule.warmup_lr=-0.01", "schedule.warmup_lr must be"),
+        ("schedule.warmup_until_error=0", "schedule.warmup_until_error must be in (0, 1]"),
+        ("schedule.warmup_until_error=1.5", "schedule.warmup_until_error must be in (0, 1]"),
+        ("schedule.plateau_patience=0", "schedule.plateau_patience must be >= 1"),
+        ("schedule.milestones=[-5]", "schedule.milestones must be"),
+        ("schedule.milestones=[48000,32000]", "schedule.milestones must be"),
+        ("train.keep_every=-1", "train.keep_every must be >= 0"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0"),
+        ("model.bn_group=-2", "model.bn_group must be >= 0"),
+    ],
+)
+def test_values_torch_would_refuse_later_are_one_line_errors_now(override, message):
+    with pytest.raises(UserError) as info:
+        apply_overrides(get_preset("cifar10-resnet20"), [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_edge_values_the_paper_and_torch_allow_are_accepted():
+    values = ["optim.momentum=0", "optim.weight_decay=0", "schedule.gamma=1", "schedule.warmup_until_error=1"]
+    cfg = apply_overrides(get_preset("cifar10-resnet20"), values + ["train.keep_every=0", "schedule.milestones=[]"])
+    assert (cfg.optim.momentum, cfg.schedule.gamma, cfg.schedule.milestones) == (0.0, 1.0, [])
+
+
 def test_unknown_preset():
     with pytest.raises(UserError, match="did you mean .*cifar10-resnet20"):
         get_preset("cifar10-resnet2")

@@ -292,6 +292,16 @@ def test_val_split_without_one_is_a_clear_error(tmp_path, monkeypatch, capsys):
         evaluate_checkpoint(tmp_path / "three.pt")
 
 
+@pytest.mark.parametrize("option, value", [("--batch-size", "-5"), ("--batch-size", "0"), ("--workers", "-1")])
+def test_bad_batch_size_or_workers_is_a_one_line_error(tmp_path, capsys, option, value):
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", data_dir=write_val_folder(tmp_path / "imagenet"))
+    assert main(["eval", "--checkpoint", str(ckpt), option, value, "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and f"{option} must be" in err
+    with pytest.raises(UserError, match=f"{option} must be"):
+        evaluate_checkpoint(ckpt, **{option.lstrip("-").replace("-", "_"): int(value)})
+
+
 @pytest.mark.slow
 def test_compiled_inference_gives_the_same_evaluation(tmp_path):
     """``eval --compile`` (torch.compile with freezing; a compilation of 10-30 s here) changes nothing."""

@@ -130,6 +130,22 @@ def test_mismatched_files_are_refused_with_one_line(tmp_path, capsys):
         import_torchvision(resnet18, "plain18", tmp_path / "x.pt")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path, capsys, value):
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["layer2.0.bn1.running_var"][3] = value  # a diverged run's statistics: predict would print nan%
+    state["layer3.1.conv1.weight"][0, 0, 0, 0] = value
+    path = tmp_path / "resnet18-nan.pth"
+    torch.save(state, path)
+    out = tmp_path / "tv.pt"
+    argv = ["import-weights", "torchvision", str(path), "--model", "resnet18", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(path) in err and "non-finite" in err and "layer2.0.bn1.running_var" in err  # the first bad one
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_imported_checkpoint_evaluates_on_an_imagenet_layout(tmp_path, capsys):
     """1000 class folders named like ImageNet's (WordNet ids), one validation image each (about 30 s)."""

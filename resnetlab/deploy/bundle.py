@@ -68,6 +68,10 @@ def is_safetensors(path: Path) -> bool:
 
 
 def _read_export(path: Path) -> NetworkRecord:
+    """An export's record, checked by ``NetworkRecord.from_header``; an empty file, a header length past
+    the file's end and the like are one line naming the file."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes): a copy or an export that was cut short?")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -75,7 +79,9 @@ def _read_export(path: Path) -> NetworkRecord:
                 return NetworkRecord.from_header(meta, {}, path)  # refused there, naming the format it found
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(
+            f"cannot read {path}: {str(err).splitlines()[0]} (damaged, or not a safetensors file)"
+        ) from None
     return NetworkRecord.from_header(meta, tensors, path)
 
 
@@ -88,7 +94,7 @@ def read_bundle(path: str | Path) -> InferenceBundle:
         raise UserError(f"{path} is a folder; pass a checkpoint file such as {path / 'checkpoints' / 'last.pt'}")
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
-    if is_safetensors(path):
+    if path.suffix == ".safetensors" or is_safetensors(path):  # by name too: a damaged one fails is_safetensors
         record = _read_export(path)
         model = record.build(path, prepare=structure_for_folded if record.folded else None)
     else:

@@ -3,7 +3,8 @@
 Formats:
 
 - ``safetensors``: the folded weights, the mean image as the tensor ``preprocessing.mean``, and the
-  network's name, options, class names and preprocessing as JSON in the header (:mod:`.bundle`).
+  network's name, options, class names and preprocessing as JSON in the header (:mod:`.bundle`), with a
+  SHA-256 of all of it (``sha256``, ``checkpoint.export_checksum``) that every reader checks.
   ``resnetlab eval`` and ``predict`` read it like a checkpoint; reading it unpickles nothing.
 - ``torchscript``: the folded network traced (``torch.jit.trace``; any batch and image size), with the
   same record as the extra file ``resnetlab.json`` (the mean as a nested list).
@@ -36,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import MEAN_KEY
+from ..checkpoint import CHECKSUM_KEY, MEAN_KEY, check_archive, export_checksum
 from ..errors import UserError
 from ..files import atomic_path
 from .bundle import InferenceBundle, read_bundle
@@ -86,7 +87,9 @@ def _record(bundle: InferenceBundle) -> dict[str, Any]:
 def _write_safetensors(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
     tensors = {k: v.detach().contiguous() for k, v in folded.state_dict().items()}
     tensors[MEAN_KEY] = bundle.preprocessing.mean.float().contiguous()
-    save_file(tensors, str(tmp), metadata=_header(bundle))
+    meta = _header(bundle)
+    meta[CHECKSUM_KEY] = export_checksum(tensors, meta)  # checked by every reader (NetworkRecord.from_header)
+    save_file(tensors, str(tmp), metadata=meta)
 
 
 def _example(bundle: InferenceBundle, batch: int = 2, grow: int = 0) -> torch.Tensor:
@@ -134,6 +137,7 @@ def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor
         model = read_bundle(path).model
         return model, ""
     if fmt == "torchscript":
+        check_archive(path)  # a zip like a checkpoint: torch.jit.load does not check its CRCs either
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path)).eval(), ""

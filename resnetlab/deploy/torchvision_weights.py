@@ -22,7 +22,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import build_network, clean_state_dict, load_checkpoint, network_state, save_checkpoint
+from ..checkpoint import (
+    build_network,
+    clean_state_dict,
+    load_checkpoint,
+    network_state,
+    require_finite,
+    save_checkpoint,
+)
 from ..config import DataConfig, ModelConfig, RunConfig
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD
@@ -82,6 +89,7 @@ def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize:
     options = {"shortcut": "B", "stride_in_1x1": False}
     network = build_network(model, options, num_classes=1000, in_channels=3)
     _check_keys(state, network.state_dict(), path, model)
+    require_finite(state, path)  # before anything is written: NaN weights would predict "nan%"
     network.load_state_dict(state, strict=True)
 
     mean, std = IMAGENET_CHANNEL_MEAN.clone(), IMAGENET_CHANNEL_STD.clone()  # (3,) each, pixel units

@@ -77,6 +77,10 @@ def evaluate_checkpoint(
     every rank calls it with the same arguments and gets the same result."""
     if view is not None:
         check_view(view)
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be 0 (decode in this process) or more, got {workers}")
     bundle = load_bundle(path, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile)
     pre = bundle.preprocessing
     view = view or pre.view
