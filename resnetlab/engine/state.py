@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import runtime
-from ..checkpoint import clean_state_dict
+from ..checkpoint import clean_state_dict, nonfinite_tensors
 from ..data import InMemoryLoader, StreamLoader
 from .schedule import LRSchedule
 
@@ -137,16 +137,7 @@ class TrainState:
     def nonfinite(self) -> list[str]:
         """The names of the parameters, buffers and optimizer tensors that hold a NaN or an infinity: a state
         that must never be saved (the step after the last finite loss can poison the weights)."""
-        bad = [
-            f"model.{k}" for k, v in self.model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
-        ]
-        for index, entry in self.optimizer.state_dict()["state"].items():
-            bad += [
-                f"optimizer.state.{index}.{k}"
-                for k, v in entry.items()
-                if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()
-            ]
-        return bad
+        return nonfinite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"]})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=True)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import runtime
-from ..checkpoint import build_network, network_state, read_training_checkpoint, save_checkpoint
+from ..checkpoint import build_network, network_state, read_training_checkpoint, require_finite, save_checkpoint
 from ..config import RunConfig
 from ..errors import UserError, user_message
 from ..models.norm import group_batchnorm
@@ -98,9 +98,7 @@ class ResumePoint:
 
 def _read_resumable(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     saved, state = read_training_checkpoint(path)
-    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not v.isfinite().all()]
-    if bad:
-        raise UserError(f"{path} holds non-finite weights ({bad[0]}{' and more' if len(bad) > 1 else ''})")
+    require_finite({"model": state["model"], "optimizer": state["optimizer"]}, path)  # one saved before the guard
     return saved, state
 
 
