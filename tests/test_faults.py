@@ -145,9 +145,9 @@ def assert_bit_exact(lab: Lab, run: Path) -> None:
 
 # --- kill -9 ------------------------------------------------------------------------------------------------
 
-# Runs `resnetlab ARGV` and SIGKILLs itself at the moment FAULT_PLAN names ({"where": ..., "n": ...}), counted
-# in calls since this process started: in a training step, half-way through writing a checkpoint, just before
-# or just after its rename, or half-way through a metrics line. Only the kill is simulated; it is a real one.
+# Runs `resnetlab ARGV` and SIGKILLs itself at the moment FAULT_PLAN names ({"where": ..., "n": ...}, the n-th
+# such call since this process started): half-way through writing a checkpoint, just before or just after its
+# rename, or half-way through a metrics line. Only the timing is arranged; the kill is a real SIGKILL.
 CHILD = r"""
 import io, json, os, signal, sys
 
@@ -164,18 +164,7 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-if where == "step":
-    import resnetlab.engine.trainer as trainer
-
-    real_step = trainer.train_step
-
-    def train_step(*args, **kwargs):
-        if due():
-            die()
-        return real_step(*args, **kwargs)
-
-    trainer.train_step = train_step
-elif where == "save-partial":
+if where == "save-partial":
     import torch
 
     real_save = torch.save
@@ -346,7 +335,7 @@ def test_a_second_writer_is_refused_and_a_killed_owner_leaves_no_lock(lab, tmp_p
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-    faults.inject("fault", "kill -9 of the owner (stale lock?)")
+    faults.inject("fault", "kill -9 of the lock owner, then resume")
     stopped = reached(run)
     argv = [*train_argv(lab.data, run, *long, f"train.iterations={stopped + 2}"), "--resume", "auto"]
     resumed = subprocess.run(
