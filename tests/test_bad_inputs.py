@@ -263,7 +263,7 @@ CASES = [
     Bad("eval/workers-negative", lambda c: evaluate(c.good.checkpoint, c, "--workers", "-1"), "workers"),
     Bad("eval/views-bad", lambda c: evaluate(c.good.checkpoint, c, "--views", "bad"), "views"),
     Bad("eval/device-unknown", lambda c: evaluate(c.good.checkpoint, c, "--device", "tpu"), "tpu"),
-    Bad("eval/val-split-without-one", lambda c: evaluate(c.good.checkpoint, c, "--split", "val"), "val"),
+    Bad("eval/split-unknown", lambda c: evaluate(c.good.checkpoint, c, "--split", "train"), "train"),
     Bad("predict/top-zero", lambda c: predict(c.good.checkpoint, c, "--top", "0"), "top"),
     Bad("predict/top-negative", lambda c: predict(c.good.checkpoint, c, "--top", "-3"), "top"),
     Bad("predict/views-bad", lambda c: predict(c.good.checkpoint, c, "--views", "bad"), "views"),

@@ -147,6 +147,18 @@ def test_non_finite_weights_are_refused_for_inference(checkpoint, image, tmp_pat
     assert not (tmp_path / "m").exists()
 
 
+def test_finite_weights_whose_scores_overflow_are_refused_for_inference(checkpoint, image, tmp_path, capsys):
+    """Every tensor finite, but the fc's weights so large that the logits overflow float32 (what a step at
+    lr 1e6 leaves): predict and eval refuse instead of printing nan% with exit 0."""
+    state = load_checkpoint(checkpoint)
+    state["model"]["fc.weight"].fill_(3e38)
+    save_checkpoint(state, checkpoint)
+    read_bundle(checkpoint)  # the file itself is sound
+    assert_one_line_exit_2(["predict", "--checkpoint", str(checkpoint), str(image)], capsys, "NaN or infinite")
+    argv = ["eval", "--checkpoint", str(checkpoint), "--workers", "0", "--out", str(tmp_path / "e")]
+    assert_one_line_exit_2(argv, capsys, "NaN or infinite")
+
+
 def test_non_finite_weights_in_an_export_are_refused(checkpoint, image, tmp_path, capsys):
     good = tmp_path / "model.safetensors"
     export_model(checkpoint, "safetensors", good)

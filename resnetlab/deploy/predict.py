@@ -27,7 +27,12 @@ from ..errors import UserError
 from .bundle import InferenceBundle, load_bundle
 from .scoring import class_log_probs
 
-__all__ = ["Prediction", "predict_images", "predict_command"]
+__all__ = ["Prediction", "predict_images", "predict_command", "NONFINITE_SCORES"]
+
+NONFINITE_SCORES = (
+    "the network's scores are NaN or infinite (its weights overflow float32: a run that diverged?); "
+    "no prediction is made from them"
+)
 
 
 @dataclass
@@ -68,6 +73,8 @@ def predict_images(
         else:  # multi-scale: each image's views have their own sizes
             batches = [[t.unsqueeze(0) for t in v] for _, v in pending]  # type: ignore[union-attr]
         log_probs = torch.cat([class_log_probs(bundle.model, _on(b, device), normalize) for b in batches])
+        if not bool(log_probs.isfinite().all()):  # finite weights can still overflow float32 on the way
+            raise UserError(f"{bundle.source}: {NONFINITE_SCORES}")
         probs, index = log_probs.exp().topk(k, dim=1)
         for (i, _), p_row, i_row in zip(pending, probs.tolist(), index.tolist()):
             results[i].top = [{"class": bundle.classes[c], "index": c, "probability": p} for p, c in zip(p_row, i_row)]

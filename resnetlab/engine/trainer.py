@@ -134,9 +134,11 @@ def _resume_point(run: RunDir, resume: str | None, config: RunConfig, accept_cha
                 f"Choose an empty --out, or resume that run into its own directory"
             )
         saved, state = _read_resumable(path)
-    if saved.model != config.model or saved.data.dataset != config.data.dataset:
-        raise UserError(f"{path} was trained with model {saved.model.name} on {saved.data.dataset}, not this config's")
     changes = config_changes(saved.to_dict(), config.to_dict())
+    fixed = {k: v for k, v in changes.items() if k.startswith("model.") or k == "data.dataset"}
+    if fixed:  # another network or dataset: its weights cannot go on, accepted or not
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in fixed.items())
+        raise UserError(f"{path} is a checkpoint of another network or dataset ({listed}); choose another --out")
     if changes and not accept_changes:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
         raise UserError(
@@ -357,9 +359,12 @@ class _Loop:
             run.keep_previous()
             for written in (run.last, *extra):
                 save_checkpoint(checkpoint, written)
-        except OSError as err:  # a full disk, a file system gone read-only: the old last.pt is intact (atomic)
+        except (OSError, RuntimeError) as err:  # a full disk, a file system gone read-only: last.pt is intact
+            cause = err if isinstance(err, OSError) else err.__context__  # torch's zip writer wraps the OSError
+            if not isinstance(cause, OSError):
+                raise
             raise UserError(
-                f"cannot write checkpoint {written} ({err.strerror or err}); the last good checkpoint is "
+                f"cannot write checkpoint {written} ({cause.strerror or cause}); the last good checkpoint is "
                 f"{run.last if run.last.exists() else 'none'}; free space, then continue with --resume auto"
             ) from None
 

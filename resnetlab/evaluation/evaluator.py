@@ -9,6 +9,7 @@ summed over ranks -> rank 0 prints and writes ``metrics-<split>-<view>.json`` an
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from torch import nn
 from .. import runtime
 from ..data.preprocessing import Preprocessing, check_view, views_per_image
 from ..deploy.bundle import load_bundle
+from ..deploy.predict import NONFINITE_SCORES
 from ..deploy.scoring import class_log_probs
 from ..errors import UserError
 from .batches import Batch, eval_data
@@ -56,6 +58,8 @@ def evaluate_model(
             log_probs = class_log_probs(network, _to(views, device), normalize, channels_last=channels_last)
             tally.add(log_probs, labels.to(device))
         result = EvalResult.from_tally(tally, seconds=time.perf_counter() - start, classes=classes, **info)  # type: ignore[arg-type]
+    if not math.isfinite(result.loss):  # NaN or infinite scores: every rank has the same sums, so all stop
+        raise UserError(f"{info.get('model', 'the network')}: {NONFINITE_SCORES}")
     return result
 
 
