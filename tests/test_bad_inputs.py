@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faultcheck import Evil, error_line, faults, flip_bit, run_cli  # noqa: F401 (a fixture)
 from PIL import Image
 from safetensors.torch import save_file
-from test_train import write_idx
 
 from resnetlab.deploy import export_model
 from resnetlab.models import create_model
 
+from faultcheck import Evil, error_line, faults, flip_bit, run_cli  # noqa: F401 (a fixture)
 from test_eval import make_checkpoint, write_val_folder
+from test_train import write_idx
 
 PRESET = "fashion-mnist-resnet20"
 TEN = tuple(f"k{i}" for i in range(10))

@@ -17,7 +17,9 @@ from resnetlab.config import train_flags
 def trained(monkeypatch):
     """Stands in for the trainer: records the config `resnetlab train` would have trained with."""
     calls = []
-    monkeypatch.setattr(resnetlab.engine, "train", lambda config, out, resume=None: calls.append((config, out)))
+    monkeypatch.setattr(
+        resnetlab.engine, "train", lambda config, out, resume=None, **options: calls.append((config, out))
+    )
     return calls
 
 

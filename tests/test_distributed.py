@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from test_train import metrics, write_idx
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

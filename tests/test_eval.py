@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train import metrics, tiny_config, write_idx
 from torch import nn
 
 from resnetlab.checkpoint import save_checkpoint
@@ -27,6 +26,8 @@ from resnetlab.errors import UserError
 from resnetlab.evaluation import eval_data, evaluate_checkpoint, evaluate_model
 from resnetlab.models import create_model
 from resnetlab.presets import get_preset
+
+from test_train import metrics, tiny_config, write_idx
 
 
 @torch.no_grad()

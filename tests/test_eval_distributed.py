@@ -13,11 +13,11 @@ import sys
 import textwrap
 
 import pytest
-from test_train import write_idx
 
 from resnetlab.evaluation import evaluate_checkpoint
 
 from test_eval import make_checkpoint, write_val_folder
+from test_train import write_idx
 
 SCRIPT = """
 import json, sys

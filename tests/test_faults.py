@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faultcheck import Evil, Outcome, all_finite, error_line, faults, flip_bit, run_cli  # noqa: F401 (a fixture)
 from PIL import Image
-from test_train import _fail_at, assert_same_weights, metrics, write_idx
 from torch import nn
 
 import resnetlab.engine.trainer as trainer
@@ -37,6 +35,10 @@ from resnetlab.checkpoint import load_checkpoint, read_training_checkpoint, save
 from resnetlab.config import apply_overrides
 from resnetlab.engine import train
 from resnetlab.presets import get_preset
+
+from faultcheck import Evil, Outcome, all_finite, error_line, faults, flip_bit, run_cli  # noqa: F401 (a fixture)
+from test_train import _fail_at, assert_same_weights, metrics, write_idx
+from test_train import tiny_sets as train_tiny_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "fashion-mnist-resnet20"
@@ -46,21 +48,7 @@ SEED = int(os.environ.get("RESNETLAB_FAULT_SEED", "10"))  # the kill points; any
 def tiny_sets(data: Path, *extra: str) -> list[str]:
     """test_train's tiny run as ``--set`` values (20 iterations, evaluations every 5, checkpoints every 4, lr
     drops at 10 and 15), on the CPU; ``extra`` ones win."""
-    return [
-        f"data.data_dir={data}",
-        "model.name=cifar_resnet8",
-        "optim.batch_size=32",
-        "train.iterations=20",
-        "train.eval_every=5",
-        "train.checkpoint_every=4",
-        "train.log_every=2",
-        "schedule.milestones=10,15",
-        "train.deterministic=true",
-        "train.seed=3",
-        "data.augment=true",
-        "train.device=cpu",
-        *extra,
-    ]
+    return train_tiny_sets(data, "train.device=cpu", *extra)
 
 
 def train_argv(data: Path, out: Path, *extra: str) -> list[str]:

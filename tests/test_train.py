@@ -47,26 +47,27 @@ def data_dir(tmp_path, monkeypatch):
     return write_idx(tmp_path / "fashion-mnist")
 
 
+def tiny_sets(data_dir: Path, *extra: str) -> list[str]:
+    """The tiny run as ``--set`` values; ``extra`` ones win. 256 images / batch 32 = 8 steps per epoch;
+    checkpoints every 4, so iteration 6 is mid-epoch and between checkpoints."""
+    return [
+        f"data.data_dir={data_dir}",
+        "model.name=cifar_resnet8",
+        "optim.batch_size=32",
+        "train.iterations=20",
+        "train.eval_every=5",
+        "train.checkpoint_every=4",
+        "train.log_every=2",
+        "schedule.milestones=10,15",
+        "train.deterministic=true",
+        "train.seed=3",
+        "data.augment=true",
+        *extra,
+    ]
+
+
 def tiny_config(data_dir: Path, *extra: str):
-    # 256 images / batch 32 = 8 steps per epoch; checkpoints every 4, so iteration 6 is mid-epoch and
-    # between checkpoints.
-    return apply_overrides(
-        get_preset("fashion-mnist-resnet20"),
-        [
-            f"data.data_dir={data_dir}",
-            "model.name=cifar_resnet8",
-            "optim.batch_size=32",
-            "train.iterations=20",
-            "train.eval_every=5",
-            "train.checkpoint_every=4",
-            "train.log_every=2",
-            "schedule.milestones=10,15",
-            "train.deterministic=true",
-            "train.seed=3",
-            "data.augment=true",
-            *extra,
-        ],
-    )
+    return apply_overrides(get_preset("fashion-mnist-resnet20"), tiny_sets(data_dir, *extra))
 
 
 def metrics(run: Path) -> list[dict]:

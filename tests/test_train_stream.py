@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train import metrics
 
 import resnetlab.engine.trainer as trainer
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.config import apply_overrides
 from resnetlab.engine import train
 from resnetlab.presets import get_preset
+
+from test_train import metrics
 
 
 def write_folder(root: Path, per_class: dict[str, int]) -> None:

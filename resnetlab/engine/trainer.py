@@ -189,6 +189,7 @@ def train(
         result = loop.run()
     finally:
         run.release()
+    runtime.barrier()  # rank 0 plots and writes last: no rank tears the group down while another still uses it
     runtime.destroy()
     return result
 
