@@ -231,6 +231,8 @@ class TrainConfig:
     deterministic: bool = False
     """Deterministic kernels; on the CPU a resumed run is then bit-identical to an uninterrupted one."""
     log_every: int = 50
+    tensorboard: Literal["auto", "on", "off"] = "auto"
+    """Mirror metrics.jsonl into RUN_DIR/tensorboard/: auto (when tensorboard is installed), on, off."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")

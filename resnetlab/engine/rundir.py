@@ -24,6 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_write, read_jsonl, write_json
+from .tensorboard import TensorBoardMirror
 
 __all__ = ["RunDir", "RunRecord", "environment_record", "read_record"]
 
@@ -115,6 +116,8 @@ class RunDir:
         self.lock_file = self.path / ".lock"
         self._lock: Any = None
         self.curves = self.path / "curves.png"
+        self.tensorboard = self.path / "tensorboard"
+        self.mirror: TensorBoardMirror | None = None  # the trainer's rank 0 opens one when train.tensorboard says so
 
     def periodic(self, iteration: int) -> Path:
         return self.checkpoints / f"iter_{iteration:07d}.pt"
@@ -148,6 +151,9 @@ class RunDir:
         self._lock = handle
 
     def release(self) -> None:
+        if self.mirror is not None:
+            self.mirror.close()
+            self.mirror = None
         if self._lock is not None:
             self._lock.close()  # closing the file drops the flock
             self._lock = None
@@ -184,6 +190,14 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         with self.metrics.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.mirror is not None:
+            self.mirror.record(record)
+
+    def log_progress(self, iteration: int, values: dict[str, float]) -> None:
+        """The progress bar's numbers at a log_every step: to the TensorBoard mirror only (metrics.jsonl keeps
+        evaluations and events)."""
+        if self.mirror is not None:
+            self.mirror.progress(iteration, values)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl; a torn last line is dropped with a warning (``files.read_jsonl``)."""

@@ -34,6 +34,7 @@ from .progress import Progress
 from .rundir import RunDir, environment_record
 from .schedule import LRSchedule
 from .state import TrainState, Window, config_changes
+from .tensorboard import TensorBoardMirror, tensorboard_wanted
 
 __all__ = ["train", "TrainingDiverged", "build_state"]
 
@@ -167,6 +168,7 @@ def train(
     world = runtime.get_world_size()
     if config.optim.batch_size % world:
         raise UserError(f"the global batch {config.optim.batch_size} does not split evenly over {world} processes")
+    mirror = tensorboard_wanted(config.train.tensorboard)  # every rank: an `on` without tensorboard stops them all
     run = RunDir(out)
     main = runtime.get_rank() == 0
     if main:
@@ -184,6 +186,7 @@ def train(
             state.load_state_dict(point.state)
         loop = _Loop(config, run, data, state, device, progress)
         if main:
+            run.mirror = TensorBoardMirror(run.tensorboard, state.iteration) if mirror else None
             _start_records(run, config, data, state, point, device, world)
             loop.announce(point.path if point else None)
         result = loop.run()
@@ -302,6 +305,8 @@ class _Loop:
             self.save()  # raises TrainingDiverged without writing
         summary = window.summary()
         self.bar.update_to(self.state.iteration, loss=summary["train_loss"], err=summary["train_error"], lr=lr)
+        if self.main:
+            self.run_dir.log_progress(self.state.iteration, {**summary, "lr": lr})
 
     def evaluate(self, lr: float) -> None:
         s, window = self.state, self.state.window
@@ -399,6 +404,8 @@ class _Loop:
 
             run = self.run_dir
             plot_runs([run.path], run.curves)
+            if run.mirror is not None:
+                run.mirror.image("curves", run.curves, self.state.iteration)
             final = self.last_record.get("test_top1_error", float("nan"))
             print(f"done: {run.path}; final test error {final:.2%}; curves in {run.curves}")
         return self.last_record
