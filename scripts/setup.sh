@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv/ at the repository root and installs resnetlab into it (editable), with the test and onnx
-# extras (onnx, onnxscript, onnxruntime: so that the tests also check the ONNX export).
+# Creates .venv/ at the repository root and installs resnetlab into it (editable), with the test, onnx and
+# tensorboard extras (onnx, onnxscript, onnxruntime: so that the tests also check the ONNX export; tensorboard:
+# the TensorBoard mirror of a run).
 # Idempotent: a second run only re-checks the install.
 #
 # Usage: scripts/setup.sh [--fashion-mnist]
@@ -37,5 +38,5 @@ esac
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
     .venv/bin/pip install --quiet --disable-pip-version-check $torch_pair
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,onnx]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,onnx,tensorboard]'
 .venv/bin/python -c "import torch, torchvision, resnetlab; print(f'resnetlab {resnetlab.__version__}: torch {torch.__version__}, torchvision {torchvision.__version__}')"
