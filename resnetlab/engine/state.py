@@ -88,6 +88,7 @@ FREE_ON_RESUME = frozenset(
         "train.keep_every",
         "train.device",
         "train.compile",
+        "train.tensorboard",
         "data.num_workers",
     }
 )
