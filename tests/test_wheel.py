@@ -8,6 +8,7 @@ PYTHONPATH puts first, beside this environment's torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_the_installed_wheel_runs_the_cli_outside_the_repository(built, tmp_path
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "RESNETLAB_CACHE": str(tmp_path / "cache")}
     where = run([sys.executable, "-c", "import resnetlab; print(resnetlab.__file__)"], work, env).strip()
-    assert Path(where).is_relative_to(site), where
+    assert Path(where).resolve().is_relative_to(site.resolve()), where
 
     out = run([sys.executable, "-m", "resnetlab", "models", "--check"], work, env)
     assert "agree with it" in out
@@ -108,4 +109,5 @@ def test_the_installed_wheel_runs_the_cli_outside_the_repository(built, tmp_path
     out = run([sys.executable, "-m", "resnetlab", *TINY_TRAIN, "--out", "run"], work, env)
     assert "final test error" in out
     assert (work / "run" / "checkpoints" / "last.pt").is_file() and (work / "run" / "curves.png").is_file()
-    assert str(site) in (work / "run" / "env.json").read_text()  # the run records the installed package
+    env_record = json.loads((work / "run" / "env.json").read_text())
+    assert Path(env_record["package_dir"]).is_relative_to(site.resolve())  # the run records the installed package
