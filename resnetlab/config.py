@@ -234,8 +234,7 @@ class TrainConfig:
     init: str | None = flag(
         None,
         "--init",
-        "start from these weights (a resnetlab checkpoint, an unfolded export or torchvision's .pth); the "
-        "optimizer, schedule and iteration start fresh",
+        "fine-tune: start from these weights (checkpoint or torchvision .pth); optimizer, schedule fresh",
         metavar="FILE",
     )
     """Fine-tuning: initialise the network from this file's weights (weights only, unlike --resume). An fc
