@@ -61,9 +61,10 @@ def _config(root: Path, *extra: str):
 
 @pytest.fixture
 def source(tmp_path, data_env):
-    """A 3-class cifar_resnet8 trained 6 iterations: its run directory."""
+    """A 3-class cifar_resnet8 trained 2 iterations: its run directory."""
     run = tmp_path / "source"
-    train(_config(_folder(tmp_path / "three", 3, 16, 4, seed=0)), run, progress=False)
+    short = ("train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2")
+    train(_config(_folder(tmp_path / "three", 3, 16, 4, seed=0), *short), run, progress=False)
     return run
 
 
@@ -146,7 +147,9 @@ def test_channel_mismatch_names_the_channels(tmp_path, data_env):
     )
     train(source, tmp_path / "grey", progress=False)
     target = _folder(tmp_path / "two", 2, 24, 4, seed=1)
-    with pytest.raises(UserError, match=r"3-channel images, the file's network takes 1: shapes differ: conv1.weight"):
+    with pytest.raises(
+        UserError, match=r"takes 1-channel images, this run's 3-channel ones: shapes differ: conv1.weight"
+    ):
         train(_config(target, f"train.init={tmp_path / 'grey/checkpoints/last.pt'}"), tmp_path / "ft", progress=False)
 
 

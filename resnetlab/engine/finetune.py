@@ -168,10 +168,14 @@ def init_network(
     ours = model.state_dict()
     keys = _differences(record.weights, ours)
     if record.name != name or keys:
-        what = f"{record.name} weights; this run trains {name}" if record.name != name else "another network"
+        what = [
+            f"{record.name} weights; this run trains {name}" if record.name != name else f"{name} weights that differ"
+        ]
         if record.preprocessing.channels != channels:
-            what += f" on {channels}-channel images, the file's network takes {record.preprocessing.channels}"
-        raise UserError(f"--init {path} holds {what}: {keys or 'the same keys and shapes, another network'}")
+            what.append(
+                f"the file's network takes {record.preprocessing.channels}-channel images, this run's {channels}-channel ones"
+            )
+        raise UserError(f"--init {path} holds {'; '.join(what)}: {keys or 'the same keys and shapes, another network'}")
     theirs, mine = _function_options(record.name, record.options), _function_options(name, options)
     if theirs != mine:
         diff = ", ".join(
