@@ -233,9 +233,28 @@ class TrainConfig:
     log_every: int = 50
     tensorboard: Literal["auto", "on", "off"] = "auto"
     """Mirror metrics.jsonl into RUN_DIR/tensorboard/: auto (when tensorboard is installed), on, off."""
+    init: str | None = flag(
+        None,
+        "--init",
+        "fine-tune: start from these weights (checkpoint or torchvision .pth); optimizer, schedule fresh",
+        metavar="FILE",
+    )
+    """Fine-tuning: initialise the network from this file's weights (weights only, unlike --resume). An fc
+    for another number of classes is replaced by a freshly initialised one; any other difference (network,
+    options, input channels) is an error. Its path and sha256 go into the run's env.json."""
+    freeze: list[str] = field(default_factory=list)
+    """Fine-tuning: stages to freeze, by the names of the network's ``feature_info`` (``stem``, then ``conv2_x``
+    .. ``conv5_x`` on ImageNet networks, ``stage1`` .. ``stage3`` on CIFAR ones; ``layer1``.. too): their
+    parameters get no gradient and stay out of the optimizer (weight decay does not move them) and their BN
+    layers stay in eval mode (running statistics fixed) throughout training."""
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
+        self.freeze = [name.strip().lower() for name in self.freeze if name.strip()]
+        _require(
+            len(set(self.freeze)) == len(self.freeze), f"train.freeze names a stage twice: {','.join(self.freeze)}"
+        )
+        _require(self.init is None or bool(self.init.strip()), "train.init must be a file, or none")
         if self.iterations < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise UserError("train.iterations, eval_every, checkpoint_every and log_every must be >= 1")
         _require(self.keep_every >= 0, f"train.keep_every must be >= 0 (0: only last and best), got {self.keep_every}")

@@ -168,6 +168,7 @@ def test_train_flags_come_from_the_fields():
         "--checkpoint-every",
         "--seed",
         "--device",
+        "--init",
     ]
     assert flags["--iterations"].key == "train.iterations" and flags["--iterations"].dest == "iterations"
     assert flags["--batch-size"].parse("1_024") == 1024

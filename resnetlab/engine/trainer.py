@@ -1,14 +1,17 @@
 """Train a network of the paper with a recipe of the paper: build everything from a RunConfig, then loop.
 
 Call order of one run (``train``):
-  resolve device -> join torchrun's group -> read the checkpoint to resume (if asked) -> seed -> load data
-  (rank 0 first, to build the cache) -> build the ``TrainState`` (model, optimizer, schedule, loader) ->
-  restore it -> loop: step, log, evaluate, checkpoint, stop -> final checkpoint and curve plot.
+  resolve device -> join torchrun's group -> read the checkpoint to resume (if asked), or the weights to
+  start from (``train.init``) -> seed -> load data (rank 0 first, to build the cache) -> build the
+  ``TrainState`` (model with ``train.freeze``'s stages frozen, optimizer over the rest, schedule, loader) ->
+  restore it, or load the init weights into it -> loop: step, log, evaluate, checkpoint, stop -> final
+  checkpoint and curve plot.
 This is the only module that reads a RunConfig; everything it calls takes explicit arguments.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -27,7 +30,9 @@ from .. import runtime
 from ..checkpoint import build_network, network_state, read_training_checkpoint, require_finite, save_checkpoint
 from ..config import RunConfig
 from ..errors import UserError, user_message
+from ..models.freeze import freeze_stages
 from ..models.norm import group_batchnorm
+from .finetune import InitWeights, init_network, read_init
 from .inputs import TrainingData, build_data
 from .loop import evaluate, train_step
 from .progress import Progress
@@ -56,7 +61,8 @@ def _set_determinism(seed: int, deterministic: bool) -> None:
 
 
 def build_state(config: RunConfig, data: TrainingData, device: torch.device) -> TrainState:
-    """The network (with the config's BN variant, on ``device``), SGD, the LR schedule and the training loader."""
+    """The network (with the config's BN variant and ``train.freeze``'s stages frozen, on ``device``), SGD over
+    its trainable parameters, the LR schedule and the training loader."""
     mc, oc, sc = config.model, config.optim, config.schedule
     world = runtime.get_world_size()
     model = build_network(mc.name, mc.options(), len(data.classes), data.preprocessing.channels)
@@ -70,10 +76,15 @@ def build_state(config: RunConfig, data: TrainingData, device: torch.device) -> 
                 f"model.bn_group {mc.bn_group} does not divide the per-process batch {oc.batch_size // world}"
             )
         model = group_batchnorm(model, mc.bn_group)
+    try:
+        freeze_stages(model, config.train.freeze)  # after the BN conversions, which build new BN modules
+    except ValueError as err:
+        raise UserError(f"train.freeze: {err}") from None
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen ones: no update, no weight decay
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay, nesterov=oc.nesterov
+        trainable, lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay, nesterov=oc.nesterov
     )
     schedule = LRSchedule(
         oc.lr,
@@ -136,10 +147,15 @@ def _resume_point(run: RunDir, resume: str | None, config: RunConfig, accept_cha
             )
         saved, state = _read_resumable(path)
     changes = config_changes(saved.to_dict(), config.to_dict())
-    fixed = {k: v for k, v in changes.items() if k.startswith("model.") or k == "data.dataset"}
-    if fixed:  # another network or dataset: its weights cannot go on, accepted or not
+    # Another network or dataset: its weights cannot go on, accepted or not; other frozen stages: the
+    # optimizer's saved state holds other parameters.
+    fixed = {k: v for k, v in changes.items() if k.startswith("model.") or k in ("data.dataset", "train.freeze")}
+    if fixed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in fixed.items())
-        raise UserError(f"{path} is a checkpoint of another network or dataset ({listed}); choose another --out")
+        raise UserError(
+            f"{path} is a checkpoint of another network, dataset or set of frozen stages ({listed}); "
+            "choose another --out"
+        )
     if changes and not accept_changes:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
         raise UserError(
@@ -175,9 +191,15 @@ def train(
         run.acquire()  # one writer per run directory; refused at once if another process holds it
     try:
         point = _resume_point(run, resume, config, accept_resume_changes)
+        mc = config.model
+        init = read_init(config.train.init, mc.name, mc.options()) if config.train.init and point is None else None
         _set_determinism(config.train.seed, config.train.deterministic)
         data = build_data(config, device)
         state = build_state(config, data, device)
+        notes = []
+        if init is not None:  # weights only: the optimizer, schedule and iteration stay fresh
+            channels = data.preprocessing.channels
+            notes = init_network(state.model, init, mc.name, mc.options(), data.classes, channels)
         if point is not None:
             if point.changes:  # the loader's position in another batch size or subset: the nearest one
                 loader = point.state["loader"]
@@ -187,8 +209,8 @@ def train(
         loop = _Loop(config, run, data, state, device, progress)
         if main:
             run.mirror = TensorBoardMirror(run.tensorboard, state.iteration) if mirror else None
-            _start_records(run, config, data, state, point, device, world)
-            loop.announce(point.path if point else None)
+            _start_records(run, config, data, state, point, device, world, init)
+            loop.announce(point.path if point else None, notes)
         result = loop.run()
     finally:
         run.release()
@@ -205,8 +227,10 @@ def _start_records(
     point: ResumePoint | None,
     device: torch.device,
     world: int,
+    init: InitWeights | None,
 ) -> None:
-    """Rank 0, holding the lock: clear what a killed process left, and write the run's config and env."""
+    """Rank 0, holding the lock: clear what a killed process left, and write the run's config and env (with
+    the init file's path and sha256; a resume, which does not read it again, keeps the recorded ones)."""
     run.remove_orphans()
     run.truncate_metrics(state.iteration)  # records after the checkpoint (or all, on a fresh start) go
     for reason in point.skipped if point else []:
@@ -216,8 +240,16 @@ def _start_records(
         run.log({"iteration": state.iteration, "event": "resume_changes", "changes": changes})
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in point.changes.items())
         print(f"resnetlab train: resuming with changes (not an exact continuation): {listed}", file=sys.stderr)
+    env = environment_record(device, world) | {"data_source": data.source}
+    if init is not None:
+        env["init"] = init.describe()
+    elif point is not None and config.train.init and run.env.is_file():
+        try:
+            env["init"] = json.loads(run.env.read_text()).get("init")
+        except (OSError, ValueError, AttributeError):
+            env["init"] = None  # an unreadable old record: the config still names the file
     run.write_json(run.config, config.to_dict())
-    run.write_json(run.env, environment_record(device, world) | {"data_source": data.source})
+    run.write_json(run.env, env)
 
 
 class _Loop:
@@ -374,7 +406,7 @@ class _Loop:
                 f"{run.last if run.last.exists() else 'none'}; free space, then continue with --resume auto"
             ) from None
 
-    def announce(self, resume_path: Path | None) -> None:
+    def announce(self, resume_path: Path | None, notes: list[str]) -> None:
         data, s, oc = self.data, self.state, self.config.optim
         if resume_path is not None and s.iteration > 0:
             self.bar.write(f"resuming {self.run_dir.path} at iteration {s.iteration} from {resume_path}")
@@ -385,6 +417,13 @@ class _Loop:
                 f"classes) for {self.config.train.iterations} iterations of batch {oc.batch_size} on "
                 f"{self.device}{procs}"
             )
+            for note in notes:
+                self.bar.write(note)
+            if self.config.train.freeze:
+                frozen = sum(p.numel() for p in s.model.parameters() if not p.requires_grad)
+                self.bar.write(
+                    f"frozen: {', '.join(self.config.train.freeze)} ({frozen:,} parameters, BN statistics fixed)"
+                )
 
     def stopped(self) -> dict[str, Any]:
         self.save()
