@@ -87,7 +87,8 @@ def test_every_format_matches_the_eager_network(checkpoint, tmp_path, fmt):
             assert_close_to_scale(run(x), eager(x), layers=8)
 
 
-def test_safetensors_export_is_read_by_eval_and_predict(checkpoint, tmp_path, capsys):
+def test_safetensors_export_is_read_by_eval_and_predict(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))  # the default runtime may cache an ONNX export
     out = tmp_path / "model.safetensors"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0
     assert "max |difference|" in capsys.readouterr().out

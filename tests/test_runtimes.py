@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.cli import main
 from resnetlab.deploy import (
     OnnxRuntimeNetwork,
@@ -33,21 +34,28 @@ needs_onnx = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("RESNETLAB_CACHE", str(folder))
-    return folder
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One image folder, checkpoint and cache for the module: its ONNX export is made once, then reused."""
+    root = tmp_path_factory.mktemp("runtimes")
+    imagenet = write_val_folder(root / "imagenet")
+    return imagenet, make_checkpoint(root / "ckpt.pt", data_dir=imagenet), root / "cache"
 
 
 @pytest.fixture
-def imagenet(tmp_path):
-    return write_val_folder(tmp_path / "imagenet")
+def cache(shared, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(shared[2]))
+    return shared[2]
 
 
 @pytest.fixture
-def checkpoint(tmp_path, imagenet):
-    return make_checkpoint(tmp_path / "ckpt.pt", data_dir=imagenet)
+def imagenet(shared):
+    return shared[0]
+
+
+@pytest.fixture
+def checkpoint(shared):
+    return shared[1]
 
 
 @pytest.fixture
@@ -99,8 +107,10 @@ def test_onnxruntime_evaluates_like_torch(checkpoint, cache, view):
 
 
 @needs_onnx
-def test_the_cache_is_reused_and_follows_the_checkpoints_content(tmp_path, imagenet, cache):
-    ckpt = make_checkpoint(tmp_path / "ckpt.pt", data_dir=imagenet)
+def test_the_cache_is_reused_and_follows_the_checkpoints_content(tmp_path, imagenet, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNETLAB_CACHE", str(cache))
+    ckpt = make_checkpoint(tmp_path / "ckpt.pt", data_dir=imagenet, seed=3)
     before = runtimes.EXPORTS
     first = load_inference(ckpt, runtime="onnxruntime").model.path
     assert runtimes.EXPORTS == before + 1 and first.parent == cache / "onnx" and first.is_file()
@@ -117,9 +127,10 @@ def test_the_cache_is_reused_and_follows_the_checkpoints_content(tmp_path, image
 
 
 @needs_onnx
-def test_a_damaged_cache_entry_is_exported_again(checkpoint, cache, capsys):
+def test_a_damaged_cache_entry_is_exported_again(tmp_path, imagenet, cache, capsys):
+    checkpoint = make_checkpoint(tmp_path / "other.pt", data_dir=imagenet, seed=2)
     path = onnx_cache_path(checkpoint)
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not an onnx model")
     before = runtimes.EXPORTS
     network = load_inference(checkpoint, runtime="onnxruntime").model
@@ -147,6 +158,26 @@ def test_cli_predict_and_eval_with_onnxruntime(checkpoint, photos, cache, tmp_pa
     assert ort_metrics["confusion"] == torch_metrics["confusion"]
 
 
+@needs_onnx
+def test_scores_that_overflow_are_refused_as_with_torch(tmp_path, imagenet, cache, photos, capsys):
+    """Finite weights whose forward pass overflows float32: the export's check has nothing to compare (NaN on
+    both sides) and keeps the file; predict and eval refuse the scores in one line, as with torch."""
+    ckpt = make_checkpoint(tmp_path / "huge.pt", data_dir=imagenet, seed=4)
+    state = load_checkpoint(ckpt)
+    for key, tensor in state["model"].items():
+        if key.endswith("conv1.weight") or key.endswith("conv2.weight"):
+            tensor.mul_(1e12)
+    save_checkpoint(state, ckpt)
+    for runtime in ("onnxruntime", "torch"):
+        assert main(["predict", "--checkpoint", str(ckpt), str(photos[0]), "--runtime", runtime]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "NaN or infinite" in line, line
+        argv = ["eval", "--checkpoint", str(ckpt), "--workers", "0", "--runtime", runtime, "--out", str(tmp_path / "e")]
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "NaN or infinite" in line, line
+
+
 def _without(monkeypatch, package: str) -> None:
     monkeypatch.setitem(sys.modules, package, None)  # what an environment without the package gives
 
@@ -154,12 +185,13 @@ def _without(monkeypatch, package: str) -> None:
 @pytest.mark.parametrize("missing", ["onnxruntime", "onnx"])
 def test_missing_extra_falls_back_to_torch_by_default(checkpoint, photos, cache, monkeypatch, capsys, missing):
     _without(monkeypatch, missing)
+    before = runtimes.EXPORTS
     assert main(["predict", "--checkpoint", str(checkpoint), str(photos[0]), "--json"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)[0]["top"]
     (note,) = out.err.strip().splitlines()  # one line, after the output
     assert note.startswith("note: running with torch") and "resnetlab[onnx]" in note
-    assert not (cache / "onnx").exists()
+    assert runtimes.EXPORTS == before  # torch ran: nothing exported
 
 
 def test_explicit_onnxruntime_without_the_extra_is_one_line(checkpoint, photos, cache, monkeypatch, capsys):
