@@ -6,16 +6,16 @@ Variants, all on the same weights and the same random inputs:
 
 - ``torchvision eager``: ``torchvision.models.resnet50``, ``eval()``, NCHW, under ``torch.inference_mode``;
   the baseline.
-- ``resnetlab``: what ``resnetlab eval`` and ``predict`` run by default (``prepare_inference``): the
-  weights loaded into ``create_model("resnet50", stride_in_1x1=False)``, BN folded into the convolutions,
+- ``resnetlab``: what ``resnetlab eval`` and ``predict`` run with ``--runtime torch``
+  (``prepare_inference``): the weights loaded into ``create_model("resnet50", stride_in_1x1=False)``, BN folded into the convolutions,
   channels_last weights and inputs, ``torch.inference_mode``.
 - ``resnetlab onnxruntime``: what ``eval``/``predict`` run with ``--runtime onnxruntime`` (the CPU default
   where onnxruntime is installed): the folded network exported by resnetlab's own ONNX export
   (``write_onnx``: torch's ``torch.export``-based exporter, N, H, W dynamic), run by
   ``OnnxRuntimeNetwork`` (graph optimisation level all, intra-op threads = torch's); NCHW input. Its
   export and session creation time is printed apart. Skipped where onnxruntime is not installed.
-- ``resnetlab --compile``: the same as ``resnetlab``, then ``torch.compile`` with Inductor's freezing (``eval --compile``,
-  ``predict --compile``); its compilation time is printed apart and not in the timings.
+- ``resnetlab --compile``: the same as ``resnetlab``, then ``torch.compile`` with Inductor's freezing
+  (``eval --compile``, ``predict --compile``); its compilation time is printed apart and not in the timings.
 - with ``--levers``, single levers for the record: torchvision with channels_last only, resnetlab with BN
   folding only (NCHW).
 
@@ -25,7 +25,8 @@ with the BN statistics measured on random images, so activations and logits have
 scale (logits of order 1, not 100); ``--weights FILE`` uses a local torchvision .pth instead. The output
 difference is the largest absolute difference from torchvision's logits on the batch-32 inputs.
 
-    python scripts/bench_inference.py                  # about a minute and a half on a 2-core VM
+    python scripts/bench_inference.py                  # a few minutes on a 2-core VM
+    python scripts/bench_inference.py --threads 1      # less disturbed by other work on a busy machine
     python scripts/bench_inference.py --rounds 5 --no-compile --json
 """
 

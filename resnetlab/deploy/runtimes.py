@@ -176,7 +176,7 @@ def load_inference(
     as ``bundle.model``, ``bundle.runtime = "onnxruntime"``."""
     if runtime == "torch":
         return load_bundle(path, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile)
-    _onnxruntime()
+    choose_runtime("onnxruntime", torch.device(device), compile=compile)  # refuses a GPU, --compile, no extra
     bundle = read_bundle(path)
     onnx_path = cached_onnx(bundle)
     threads = torch.get_num_threads()
