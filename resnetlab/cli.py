@@ -190,7 +190,15 @@ def _eval(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         compile=args.compile,
+        runtime_name=args.runtime,
     )
+
+
+RUNTIME_HELP = (
+    "what runs the network: onnxruntime (resnetlab's ONNX export, BN folded, cached by the checkpoint's "
+    "content; the optional extra resnetlab[onnx]) or torch (default: onnxruntime on the CPU where installed, "
+    "faster there; else torch)"
+)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -232,6 +240,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="torch.compile with freezing: faster per image after a "
         "compilation of seconds to a minute (worth it on large splits)",
     )
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), help=RUNTIME_HELP)
     p.set_defaults(func=_eval)
 
 
@@ -246,6 +255,7 @@ def _predict(args: argparse.Namespace) -> int:
         as_json=args.json,
         device=args.device,
         compile=args.compile,
+        runtime_name=args.runtime,
     )
 
 
@@ -266,6 +276,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="JSON, one object per image")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile with freezing (pays off on many images)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), help=RUNTIME_HELP)
     p.set_defaults(func=_predict)
 
 
@@ -278,13 +289,21 @@ def _export(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a checkpoint, BatchNorm folded: safetensors (read by eval/predict), torchscript or onnx",
+        help="export a checkpoint, BatchNorm folded: safetensors (read by eval/predict), pt2, onnx or torchscript",
         description="Writes the network with every BN folded into its convolution, then reads the file back "
-        "and checks its outputs against the eager network on random inputs (within 1e-4). ONNX needs "
-        "pip install 'resnetlab[onnx]'.",
+        "and checks its outputs against the eager network on random inputs (within 1e-4). Formats: "
+        "safetensors (weights and record, read by eval and predict); pt2 (torch.export's ExportedProgram, "
+        "torch.export.load; batch and image size dynamic); onnx (needs pip install 'resnetlab[onnx]'); "
+        "torchscript (for older consumers only: torch deprecates TorchScript and torch.jit.load in favour "
+        "of torch.export, i.e. pt2).",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a run's checkpoint (or an export)")
-    p.add_argument("--format", required=True, choices=("safetensors", "torchscript", "onnx"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("safetensors", "pt2", "onnx", "torchscript"),
+        help="safetensors, pt2 (torch.export), onnx, or torchscript (deprecated by torch; old consumers only)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     p.set_defaults(func=_export)
 

@@ -1,16 +1,21 @@
 """ResNet-50 (224x224) inference on the CPU: resnetlab's inference path against torchvision's ``resnet50`` in
 eager mode, batch-1 latency and batch-32 throughput, in the same run (issue 5's goal: at least 1.3x, with
-outputs within 1e-4).
+outputs within 1e-4; issue 14's: onnxruntime on resnetlab's export at least 1.6x at batch 1, 2.4x at 32).
 
 Variants, all on the same weights and the same random inputs:
 
 - ``torchvision eager``: ``torchvision.models.resnet50``, ``eval()``, NCHW, under ``torch.inference_mode``;
   the baseline.
-- ``resnetlab``: what ``resnetlab eval`` and ``predict`` run by default (``prepare_inference``): the
-  weights loaded into ``create_model("resnet50", stride_in_1x1=False)``, BN folded into the convolutions,
+- ``resnetlab``: what ``resnetlab eval`` and ``predict`` run with ``--runtime torch``
+  (``prepare_inference``): the weights loaded into ``create_model("resnet50", stride_in_1x1=False)``, BN folded into the convolutions,
   channels_last weights and inputs, ``torch.inference_mode``.
-- ``resnetlab --compile``: the same, then ``torch.compile`` with Inductor's freezing (``eval --compile``,
-  ``predict --compile``); its compilation time is printed apart and not in the timings.
+- ``resnetlab onnxruntime``: what ``eval``/``predict`` run with ``--runtime onnxruntime`` (the CPU default
+  where onnxruntime is installed): the folded network exported by resnetlab's own ONNX export
+  (``write_onnx``: torch's ``torch.export``-based exporter, N, H, W dynamic), run by
+  ``OnnxRuntimeNetwork`` (graph optimisation level all, intra-op threads = torch's); NCHW input. Its
+  export and session creation time is printed apart. Skipped where onnxruntime is not installed.
+- ``resnetlab --compile``: the same as ``resnetlab``, then ``torch.compile`` with Inductor's freezing
+  (``eval --compile``, ``predict --compile``); its compilation time is printed apart and not in the timings.
 - with ``--levers``, single levers for the record: torchvision with channels_last only, resnetlab with BN
   folding only (NCHW).
 
@@ -20,7 +25,8 @@ with the BN statistics measured on random images, so activations and logits have
 scale (logits of order 1, not 100); ``--weights FILE`` uses a local torchvision .pth instead. The output
 difference is the largest absolute difference from torchvision's logits on the batch-32 inputs.
 
-    python scripts/bench_inference.py                  # about a minute and a half on a 2-core VM
+    python scripts/bench_inference.py                  # a few minutes on a 2-core VM
+    python scripts/bench_inference.py --threads 1      # less disturbed by other work on a busy machine
     python scripts/bench_inference.py --rounds 5 --no-compile --json
 """
 
@@ -31,14 +37,16 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-from resnetlab.deploy import prepare_inference
+from resnetlab.deploy import OnnxRuntimeNetwork, fold_batchnorm, prepare_inference, write_onnx
 from resnetlab.models import create_model
 
 Variant = tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]  # the network and how it wants its input
@@ -95,6 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's, the core count)")
     parser.add_argument("--weights", metavar="FILE", help="a local torchvision resnet50 .pth")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime variant")
     parser.add_argument("--levers", action="store_true", help="also time single levers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -113,6 +122,20 @@ def main() -> None:
     x1 = torch.randn(1, 3, 224, 224, generator=g)
     xb = torch.randn(args.batch_size, 3, 224, 224, generator=g)
     compile_s = {}
+    setup_s = {}
+    if not args.no_onnxruntime:
+        try:
+            import onnxruntime  # noqa: F401  (the optional extra)
+        except ImportError:
+            print("onnxruntime is not installed: its variant is skipped")
+        else:
+            start = time.perf_counter()
+            tmp = Path(tempfile.mkdtemp()) / "resnet50.onnx"
+            write_onnx(fold_batchnorm(ours), x1, tmp)
+            setup_s["onnx export"] = time.perf_counter() - start
+            start = time.perf_counter()
+            variants["resnetlab onnxruntime"] = (OnnxRuntimeNetwork(tmp), lambda x: x)
+            setup_s["onnxruntime session"] = time.perf_counter() - start
     if not args.no_compile:
         compiled = prepare_inference(ours, compile=True)
         with torch.inference_mode():
@@ -155,7 +178,14 @@ def main() -> None:
         "weights": args.weights or "torchvision init, BN statistics of random images",
         "max_abs_logit": logits.abs().max().item(),
         "compile_s": compile_s,
+        "setup_s": setup_s,
     }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
     if args.json:
         print(json.dumps({"env": env, "results": rows}, indent=1))
         return
@@ -164,6 +194,8 @@ def main() -> None:
         f"load average {env['load_average'][0]} -> {env['load_average'][1]}"
     )
     print(f"ResNet-50 224x224, {env['weights']}; largest |logit| {env['max_abs_logit']:.3g}")
+    if setup_s:
+        print(f"onnxruntime {env['onnxruntime']}: " + ", ".join(f"{k} {s:.1f} s" for k, s in setup_s.items()))
     if compile_s:
         print("torch.compile: " + ", ".join(f"{s:.1f} s for the first batch of {b}" for b, s in compile_s.items()))
     n = args.batch_size

@@ -1,4 +1,5 @@
-"""BatchNorm folding and resnetlab export: every format present matches the eager network within 1e-4."""
+"""BatchNorm folding and resnetlab export: every format present (safetensors, pt2, torchscript, onnx) matches
+the eager network within 1e-4."""
 
 from __future__ import annotations
 
@@ -62,12 +63,14 @@ def _runner(fmt: str, path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path))
+    if fmt == "pt2":
+        return torch.export.load(str(path)).module()
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["safetensors", "pt2", "torchscript", "onnx"])
 def test_every_format_matches_the_eager_network(checkpoint, tmp_path, fmt):
     if fmt == "onnx":
         for package in ("onnx", "onnxscript", "onnxruntime"):
@@ -84,7 +87,8 @@ def test_every_format_matches_the_eager_network(checkpoint, tmp_path, fmt):
             assert_close_to_scale(run(x), eager(x), layers=8)
 
 
-def test_safetensors_export_is_read_by_eval_and_predict(checkpoint, tmp_path, capsys):
+def test_safetensors_export_is_read_by_eval_and_predict(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))  # the default runtime may cache an ONNX export
     out = tmp_path / "model.safetensors"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out", str(out)]) == 0
     assert "max |difference|" in capsys.readouterr().out
@@ -111,6 +115,31 @@ def test_torchscript_carries_the_record(checkpoint, tmp_path):
         record = json.loads(z.read(name))
     assert record["format"] == FORMAT and record["preprocessing"]["view"] == "center"
     assert torch.tensor(record["preprocessing.mean"]).shape == (3, 16, 16)
+
+
+def test_pt2_is_an_exported_program_with_the_record(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "pt2", "--out", str(out)]) == 0
+    assert "(pt2, BN folded" in capsys.readouterr().out
+    extra = {"resnetlab.json": ""}
+    program = torch.export.load(str(out), extra_files=extra)
+    assert isinstance(program, torch.export.ExportedProgram)
+    record = json.loads(extra["resnetlab.json"])
+    assert record["format"] == FORMAT and record["classes"] == ["cat", "dog", "frog"]
+    assert record["model"]["bn_folded"] and torch.tensor(record["preprocessing.mean"]).shape == (3, 16, 16)
+    assert not any("running_var" in k for k in program.state_dict)  # BN folded: no statistics left
+    eager = read_bundle(checkpoint).model
+    for shape in [(1, 3, 16, 16), (3, 3, 40, 28)]:  # the native size and a multi-scale-like one, other batches
+        x = seeded_randn(*shape, seed=shape[2])
+        with torch.no_grad():
+            assert_close_to_scale(program.module()(x), eager(x), layers=8)
+
+
+def test_export_help_says_torchscript_is_for_old_consumers(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "pt2" in text and "deprecates TorchScript" in text
 
 
 @pytest.mark.parametrize("missing", ["onnx", "onnxscript"])

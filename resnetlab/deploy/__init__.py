@@ -1,11 +1,21 @@
 """Using a trained network: an inference bundle (network, class names, preprocessing) read from a checkpoint
-or an export, BatchNorm folding, export to safetensors/TorchScript/ONNX, torchvision's published weights,
-prediction on image files."""
+or an export, BatchNorm folding, export to safetensors/pt2/ONNX/TorchScript, the runtimes that run it (torch,
+onnxruntime), torchvision's published weights, prediction on image files."""
 
 from .bundle import InferenceBundle, is_safetensors, load_bundle, read_bundle
-from .export import FORMATS, TOLERANCE, ExportReport, export_command, export_model, outputs_match
+from .export import (
+    FORMATS,
+    TOLERANCE,
+    ExportReport,
+    export_bundle,
+    export_command,
+    export_model,
+    outputs_match,
+    write_onnx,
+)
 from .fold import conv_bn_pairs, fold_batchnorm, prepare_inference, structure_for_folded
 from .predict import Prediction, predict_command, predict_images
+from .runtimes import RUNTIMES, OnnxRuntimeNetwork, cached_onnx, choose_runtime, load_inference, onnx_cache_path
 from .scoring import class_log_probs
 from .torchvision_weights import TORCHVISION_MODELS, imagenet_classes, import_command, import_torchvision
 
@@ -13,11 +23,16 @@ __all__ = [
     "FORMATS",
     "ExportReport",
     "InferenceBundle",
+    "OnnxRuntimeNetwork",
     "Prediction",
+    "RUNTIMES",
     "TOLERANCE",
     "TORCHVISION_MODELS",
+    "cached_onnx",
+    "choose_runtime",
     "class_log_probs",
     "conv_bn_pairs",
+    "export_bundle",
     "export_command",
     "export_model",
     "fold_batchnorm",
@@ -26,10 +41,13 @@ __all__ = [
     "import_torchvision",
     "is_safetensors",
     "load_bundle",
+    "load_inference",
+    "onnx_cache_path",
     "outputs_match",
     "predict_command",
     "predict_images",
     "prepare_inference",
     "read_bundle",
     "structure_for_folded",
+    "write_onnx",
 ]

@@ -24,12 +24,14 @@ __all__ = ["InferenceBundle", "read_bundle", "load_bundle", "is_safetensors"]
 @dataclass
 class InferenceBundle:
     """A network and what it expects: ``model`` takes ``preprocessing.normalizer()(pixels)`` and returns
-    one score per name of ``classes``; ``record`` is what its file holds, ``source`` the file."""
+    one score per name of ``classes``; ``record`` is what its file holds, ``source`` the file; ``runtime``
+    what runs ``model`` (``torch``, or ``onnxruntime``: see :mod:`.runtimes`)."""
 
     model: nn.Module
     record: NetworkRecord
     source: Path
     folded: bool = False
+    runtime: str = "torch"
 
     @property
     def classes(self) -> list[str]:

@@ -6,8 +6,12 @@ Formats:
   network's name, options, class names and preprocessing as JSON in the header (:mod:`.bundle`), with a
   SHA-256 of all of it (``sha256``, ``checkpoint.export_checksum``) that every reader checks.
   ``resnetlab eval`` and ``predict`` read it like a checkpoint; reading it unpickles nothing.
+- ``pt2``: torch.export's ``ExportedProgram`` of the folded network (``torch.export.export``, batch,
+  height and width dynamic; ``torch.export.save``), the record as the archive's extra file
+  ``resnetlab.json``. Read with ``torch.export.load(path).module()``; the format torch now recommends.
 - ``torchscript``: the folded network traced (``torch.jit.trace``; any batch and image size), with the
-  same record as the extra file ``resnetlab.json`` (the mean as a nested list).
+  same record as the extra file ``resnetlab.json`` (the mean as a nested list). For older consumers only:
+  torch deprecates TorchScript (``torch.jit.load`` warns from torch 2.14) in favour of ``pt2``.
 - ``onnx``: the folded network through torch's ``torch.export``-based exporter, batch, height and width
   dynamic, input ``images``, output ``logits``, the record in the model's ``metadata_props``. Needs the
   optional packages ``onnx`` and ``onnxscript`` (``pip install 'resnetlab[onnx]'``, which also brings
@@ -43,9 +47,20 @@ from ..files import atomic_path
 from .bundle import InferenceBundle, read_bundle
 from .fold import fold_batchnorm
 
-__all__ = ["FORMATS", "TOLERANCE", "ExportReport", "outputs_match", "export_model", "export_command"]
+__all__ = [
+    "FORMATS",
+    "RECORD_FILE",
+    "TOLERANCE",
+    "ExportReport",
+    "outputs_match",
+    "write_onnx",
+    "export_bundle",
+    "export_model",
+    "export_command",
+]
 
-FORMATS = ("safetensors", "torchscript", "onnx")
+FORMATS = ("safetensors", "pt2", "onnx", "torchscript")
+RECORD_FILE = "resnetlab.json"  # the record's name inside a pt2 or TorchScript archive
 TOLERANCE = 1e-4
 ONNX_HINT = "pip install 'resnetlab[onnx]' (onnx, onnxscript, onnxruntime)"
 
@@ -102,10 +117,26 @@ def _write_torchscript(bundle: InferenceBundle, folded: nn.Module, tmp: Path) ->
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # recent torch deprecates TorchScript; it was asked for by name
         traced = torch.jit.trace(folded, _example(bundle))
-        torch.jit.save(traced, str(tmp), _extra_files={"resnetlab.json": json.dumps(_record(bundle))})
+        torch.jit.save(traced, str(tmp), _extra_files={RECORD_FILE: json.dumps(_record(bundle))})
+
+
+def _dynamic_nhw() -> dict[int, Any]:
+    """Batch, height and width dynamic: any batch, and the multi-scale views' other image sizes."""
+    return {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+
+
+def _write_pt2(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
+    program = torch.export.export(folded, (_example(bundle),), dynamic_shapes=(_dynamic_nhw(),))
+    torch.export.save(program, str(tmp), extra_files={RECORD_FILE: json.dumps(_record(bundle))})
 
 
 def _write_onnx(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
+    write_onnx(folded, _example(bundle), tmp, _record(bundle))
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict[str, Any] | None = None) -> None:
+    """``model`` (folded, in evaluation mode) as ONNX at ``path``: input ``images`` (N, C, H, W) with N, H,
+    W dynamic, output ``logits``, ``record``'s entries in ``metadata_props``. ``example``: one input."""
     try:
         onnx = importlib.import_module("onnx")
         importlib.import_module("onnxscript")  # torch's exporter needs it
@@ -113,22 +144,21 @@ def _write_onnx(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
         raise UserError(f"ONNX export needs the optional package {err.name}: {ONNX_HINT}") from None
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise UserError(f"ONNX export needs torch >= 2.5 (this is {torch.__version__})")
-    dynamic = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     torch.onnx.export(
-        folded,
-        (_example(bundle),),
-        str(tmp),
+        model,
+        (example,),
+        str(path),
         dynamo=True,
         external_data=False,
         verbose=False,
         input_names=["images"],
         output_names=["logits"],
-        dynamic_shapes=(dynamic,),
+        dynamic_shapes=(_dynamic_nhw(),),
     )
-    model = onnx.load(str(tmp))
-    for key, value in _record(bundle).items():
-        model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
-    onnx.save(model, str(tmp))
+    proto = onnx.load(str(path))
+    for key, value in (record or {}).items():
+        proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
+    onnx.save(proto, str(path))
 
 
 def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
@@ -141,6 +171,9 @@ def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(str(path)).eval(), ""
+    if fmt == "pt2":
+        check_archive(path)  # a zip as well, read by torch.export.load without checking its CRCs
+        return torch.export.load(str(path)).module(), ""
     try:
         import onnxruntime
     except ImportError:
@@ -149,7 +182,12 @@ def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor
     return (lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])), ""
 
 
-WRITERS = {"safetensors": _write_safetensors, "torchscript": _write_torchscript, "onnx": _write_onnx}
+WRITERS = {
+    "safetensors": _write_safetensors,
+    "pt2": _write_pt2,
+    "onnx": _write_onnx,
+    "torchscript": _write_torchscript,
+}
 
 
 def export_model(checkpoint: str | Path, fmt: str, out: str | Path) -> ExportReport:
@@ -157,8 +195,12 @@ def export_model(checkpoint: str | Path, fmt: str, out: str | Path) -> ExportRep
     its outputs with the eager network's on random inputs at two sizes."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    return export_bundle(read_bundle(checkpoint), fmt, out)
+
+
+def export_bundle(bundle: InferenceBundle, fmt: str, out: str | Path) -> ExportReport:
+    """:func:`export_model` of a bundle already read (:func:`.read_bundle`: its eager network, on the CPU)."""
     out = Path(out)
-    bundle = read_bundle(checkpoint)
     eager = bundle.model.eval()
     folded = fold_batchnorm(eager)  # an export of an export has no BN left: an unchanged copy
     try:

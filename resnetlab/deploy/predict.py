@@ -5,6 +5,8 @@ formats PIL reads; converted to the network's channels, e.g. grayscale for a Fas
 to the network's input by its own test view (``single``: the native size, shorter side then centre crop;
 ``center``: Sec. 3.4's 256 -> 224 at the native scale) and normalised with the checkpoint's mean (and std).
 ``--views 10crop`` or ``multiscale`` averages the probabilities over the paper's other test views.
+``--runtime`` picks what runs the network (:mod:`.runtimes`: onnxruntime on the CPU where installed, else
+torch); the views, the scoring and the output are the same for both.
 
 An unreadable file is reported on stderr, one line naming it, and the others are still classified; the
 command then exits 1.
@@ -24,7 +26,8 @@ from .. import runtime
 from ..data.decode import BadImage, read_image
 from ..data.preprocessing import check_view, view_transform
 from ..errors import UserError
-from .bundle import InferenceBundle, load_bundle
+from .bundle import InferenceBundle
+from .runtimes import choose_runtime, load_inference
 from .scoring import class_log_probs
 
 __all__ = ["Prediction", "predict_images", "predict_command", "NONFINITE_SCORES"]
@@ -72,7 +75,10 @@ def predict_images(
             batches = [torch.stack([v for _, v in pending])]  # type: ignore[misc]
         else:  # multi-scale: each image's views have their own sizes
             batches = [[t.unsqueeze(0) for t in v] for _, v in pending]  # type: ignore[union-attr]
-        log_probs = torch.cat([class_log_probs(bundle.model, _on(b, device), normalize) for b in batches])
+        channels_last = bundle.runtime == "torch"  # onnxruntime takes NCHW: no reorder there and back
+        log_probs = torch.cat(
+            [class_log_probs(bundle.model, _on(b, device), normalize, channels_last=channels_last) for b in batches]
+        )
         if not bool(log_probs.isfinite().all()):  # finite weights can still overflow float32 on the way
             raise UserError(f"{bundle.source}: {NONFINITE_SCORES}")
         probs, index = log_probs.exp().topk(k, dim=1)
@@ -107,13 +113,16 @@ def predict_command(
     as_json: bool = False,
     device: str = "auto",
     compile: bool = False,
+    runtime_name: str | None = None,
 ) -> int:
     """The ``resnetlab predict`` command: one block (or one JSON list) of top classes per image; a line on
-    stderr for each unreadable file; exit 1 if any failed."""
+    stderr for each unreadable file; exit 1 if any failed. ``runtime_name``: torch or onnxruntime (None: the
+    default of :func:`.choose_runtime`)."""
     torch_device = runtime.resolve_device(device)
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
-    bundle = load_bundle(checkpoint, device=torch_device, compile=compile)
+    chosen, note = choose_runtime(runtime_name, torch_device, compile=compile)
+    bundle = load_inference(checkpoint, runtime=chosen, device=torch_device, compile=compile)
     results = predict_images(bundle, images, top=top, view=view, device=torch_device)
     for r in results:
         if r.error is not None:
@@ -126,4 +135,6 @@ def predict_command(
                 print(r.image)
                 for row in r.top:
                     print(f"  {row['probability']:7.2%}  {row['class']}")
+    if note:  # after the output: a refused command's stderr is its one error line
+        print(note, file=sys.stderr)
     return 1 if any(r.error is not None for r in results) else 0

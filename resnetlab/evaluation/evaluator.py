@@ -1,7 +1,8 @@
 """``resnetlab eval``: a checkpoint (or an exported safetensors file) on a dataset split with a test view.
 
-Call order: resolve the device -> join torchrun's group (if launched by it) -> load the bundle (BN folded,
-channels_last) -> this rank's batches of views -> class scores averaged over each image's views -> counts
+Call order: resolve the device -> join torchrun's group (if launched by it) -> choose the runtime (torch,
+or onnxruntime on the network's cached ONNX export: ``deploy.runtimes``) -> load the bundle (BN folded,
+channels_last for torch) -> this rank's batches of views -> class scores averaged over each image's views -> counts
 summed over ranks -> rank 0 prints and writes ``metrics-<split>-<view>.json`` and
 ``confusion-<split>-<view>.png``.
 """
@@ -20,8 +21,8 @@ from torch import nn
 
 from .. import runtime
 from ..data.preprocessing import Preprocessing, check_view, views_per_image
-from ..deploy.bundle import load_bundle
 from ..deploy.predict import NONFINITE_SCORES
+from ..deploy.runtimes import choose_runtime, load_inference
 from ..deploy.scoring import class_log_probs
 from ..errors import UserError
 from .batches import Batch, eval_data
@@ -75,17 +76,22 @@ def evaluate_checkpoint(
     fold_bn: bool = True,
     channels_last: bool = True,
     compile: bool = False,
+    runtime_name: str = "torch",
 ) -> EvalResult:
     """Evaluate a run's checkpoint or an exported safetensors file on ``split`` with ``view`` (default: the
-    view it records, ``single`` for CIFAR-style data, ``center`` for the ImageNet layout). Under torchrun
-    every rank calls it with the same arguments and gets the same result."""
+    view it records, ``single`` for CIFAR-style data, ``center`` for the ImageNet layout), the network run
+    by ``runtime_name`` (``torch`` or ``onnxruntime``, see ``deploy.runtimes``). Under torchrun every rank
+    calls it with the same arguments and gets the same result."""
     if view is not None:
         check_view(view)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 (decode in this process) or more, got {workers}")
-    bundle = load_bundle(path, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile)
+    bundle = load_inference(
+        path, runtime=runtime_name, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile
+    )
+    channels_last = channels_last and bundle.runtime == "torch"  # onnxruntime takes NCHW as it is
     pre = bundle.preprocessing
     view = view or pre.view
     data = eval_data(
@@ -136,10 +142,13 @@ def eval_command(
     workers: int | None = None,
     device: str = "auto",
     compile: bool = False,
+    runtime_name: str | None = None,
 ) -> int:
     """The ``resnetlab eval`` command: evaluate, print (text or JSON), write the metrics and the confusion
-    matrix. Under torchrun each rank evaluates its shard and rank 0 reports."""
+    matrix. Under torchrun each rank evaluates its shard and rank 0 reports. ``runtime_name``: torch or
+    onnxruntime (None: the default of ``deploy.runtimes.choose_runtime``)."""
     torch_device = runtime.resolve_device(device)
+    chosen, note = choose_runtime(runtime_name, torch_device, compile=compile)
     runtime.init_distributed(torch_device)
     try:
         result = evaluate_checkpoint(
@@ -151,6 +160,7 @@ def eval_command(
             workers=workers,
             device=torch_device,
             compile=compile,
+            runtime_name=chosen,
         )
         if runtime.is_main_process():
             folder = Path(out) if out is not None else default_out_dir(checkpoint)
@@ -171,6 +181,8 @@ def eval_command(
             else:
                 print(format_result(result))
                 print("wrote " + ", ".join(map(str, written)))
+            if note:  # after the output: a refused command's stderr is its one error line
+                print(note, file=sys.stderr)
     finally:
         runtime.destroy()
     return 0
