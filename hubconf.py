@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 import os
 import pathlib
-import tempfile
 import typing
 
 import resnetlab
@@ -92,8 +91,8 @@ def _fit(name: str, options: dict[str, typing.Any]) -> tuple[tuple[str, int, boo
 
 def _read_file(path: pathlib.Path, name: str) -> typing.Any:
     """The bundle of a local weights file (``resnetlab.deploy.read_bundle``); a .pth through the torchvision
-    import, written to a temporary checkpoint and read back like any other."""
-    from resnetlab.deploy import TORCHVISION_MODELS, import_torchvision, read_bundle
+    import, as the record its checkpoint would hold."""
+    from resnetlab.deploy import TORCHVISION_MODELS, InferenceBundle, read_bundle, read_torchvision
 
     if path.suffix != ".pth":
         return read_bundle(path)
@@ -102,8 +101,8 @@ def _read_file(path: pathlib.Path, name: str) -> typing.Any:
             f"{path} is read as torchvision weights (.pth), which exist for {', '.join(TORCHVISION_MODELS)} "
             f"only, not {name}; a resnetlab checkpoint is a .pt file"
         )
-    with tempfile.TemporaryDirectory(prefix="resnetlab-hub-") as tmp:
-        return read_bundle(import_torchvision(path, name, pathlib.Path(tmp) / f"{name}.pt"))
+    record = read_torchvision(path, name)
+    return InferenceBundle(record.build(path), record, path)
 
 
 def _network(name: str, weights: str | os.PathLike[str] | None, options: dict[str, typing.Any]) -> typing.Any:

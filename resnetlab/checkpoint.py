@@ -58,6 +58,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "model_from_checkpoint",
+    "network_from_state",
     "network_state",
     "nonfinite_tensors",
     "read_network",
@@ -375,11 +376,16 @@ def _network_from_state(state: dict[str, Any], path: Path) -> tuple[RunConfig, N
     return config, record
 
 
-def read_network(path: str | Path) -> NetworkRecord:
-    """The network a checkpoint (a training run's, or imported weights) records, for inference: its weights
+def network_from_state(state: dict[str, Any], path: Path) -> NetworkRecord:
+    """The network a checkpoint's dict records (``path`` names it in errors), for inference: its weights
     finite (``require_finite``)."""
+    return _finite(_network_from_state(state, path)[1], path)
+
+
+def read_network(path: str | Path) -> NetworkRecord:
+    """The network a checkpoint (a training run's, or imported weights) records, for inference."""
     path = Path(path)
-    return _finite(_network_from_state(load_checkpoint(path), path)[1], path)
+    return network_from_state(load_checkpoint(path), path)
 
 
 def read_training_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:

@@ -7,6 +7,7 @@ through ``atomic_write``. This module imports nothing of resnetlab's but ``error
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "atomic_write", "write_json", "read_jsonl"]
+__all__ = ["atomic_path", "atomic_write", "write_json", "read_jsonl", "sha256_file"]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,3 +87,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 raise UserError(f"{path}: line {number} is not JSON; the file is damaged") from None
             warnings.warn(f"{path}: dropped a torn last line (a write cut short)", stacklevel=2)
     return records
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 4 MiB blocks (a checkpoint need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()

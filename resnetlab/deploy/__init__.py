@@ -17,7 +17,14 @@ from .fold import conv_bn_pairs, fold_batchnorm, prepare_inference, structure_fo
 from .predict import Prediction, predict_command, predict_images
 from .runtimes import RUNTIMES, OnnxRuntimeNetwork, cached_onnx, choose_runtime, load_inference, onnx_cache_path
 from .scoring import class_log_probs
-from .torchvision_weights import TORCHVISION_MODELS, imagenet_classes, import_command, import_torchvision
+from .torchvision_weights import (
+    TORCHVISION_MODELS,
+    imagenet_classes,
+    import_command,
+    import_torchvision,
+    read_torchvision,
+    torchvision_checkpoint,
+)
 
 __all__ = [
     "FORMATS",
@@ -48,6 +55,8 @@ __all__ = [
     "predict_images",
     "prepare_inference",
     "read_bundle",
+    "read_torchvision",
     "structure_for_folded",
+    "torchvision_checkpoint",
     "write_onnx",
 ]

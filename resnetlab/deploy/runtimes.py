@@ -27,7 +27,6 @@ entry is written atomically and checked against the eager network as ``resnetlab
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import sys
@@ -40,6 +39,7 @@ from torch import nn
 from .. import __version__
 from ..data.cache import cache_root
 from ..errors import UserError
+from ..files import sha256_file
 from .bundle import InferenceBundle, load_bundle, read_bundle
 from .export import ONNX_HINT, TOLERANCE, export_bundle
 
@@ -125,17 +125,9 @@ def choose_runtime(runtime: str | None, device: torch.device, *, compile: bool =
     return "onnxruntime", None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def onnx_cache_path(checkpoint: str | Path) -> Path:
     """Where the ONNX export of ``checkpoint`` is cached: by its content's SHA-256 and resnetlab's version."""
-    return cache_root() / "onnx" / f"{_sha256(Path(checkpoint))}-resnetlab{__version__}.onnx"
+    return cache_root() / "onnx" / f"{sha256_file(checkpoint)}-resnetlab{__version__}.onnx"
 
 
 def cached_onnx(bundle: InferenceBundle) -> Path:

@@ -16,16 +16,17 @@ read, recording what the weights expect, which is not the paper's preprocessing:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..checkpoint import (
+    NetworkRecord,
     build_network,
     clean_state_dict,
     load_checkpoint,
+    network_from_state,
     network_state,
     require_finite,
     save_checkpoint,
@@ -34,8 +35,16 @@ from ..config import DataConfig, ModelConfig, RunConfig
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import IMAGENET_CHANNEL_MEAN, IMAGENET_CHANNEL_STD
 from ..errors import UserError
+from ..files import sha256_file
 
-__all__ = ["TORCHVISION_MODELS", "imagenet_classes", "import_torchvision", "import_command"]
+__all__ = [
+    "TORCHVISION_MODELS",
+    "imagenet_classes",
+    "torchvision_checkpoint",
+    "read_torchvision",
+    "import_torchvision",
+    "import_command",
+]
 
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -79,10 +88,10 @@ def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
             )
 
 
-def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize: int = 256) -> Path:
-    """Turn torchvision ``model`` weights in the local file ``path`` into a resnetlab checkpoint at ``out``
-    (option B, ``stride_in_1x1=False``), with ImageNet's class names and torchvision's preprocessing."""
-    path, out = Path(path), Path(out)
+def torchvision_checkpoint(path: str | Path, model: str, *, resize: int = 256) -> dict[str, Any]:
+    """torchvision ``model`` weights in the local file ``path`` as a resnetlab checkpoint's dict (option B,
+    ``stride_in_1x1=False``), with ImageNet's class names and torchvision's preprocessing; nothing written."""
+    path = Path(path)
     if model not in TORCHVISION_MODELS:
         raise UserError(f"torchvision publishes {', '.join(TORCHVISION_MODELS)}; got --model {model}")
     state = _state_dict(load_checkpoint(path), path)
@@ -99,15 +108,26 @@ def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize:
         model=ModelConfig(name=model, shortcut=options["shortcut"], stride_in_1x1=False),
         data=DataConfig(dataset="imagefolder"),
     )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    checkpoint = network_state(
+    return network_state(
         config,
         imagenet_classes(),
         pre,
         {k: v.clone() for k, v in network.state_dict().items()},
         dataset="imagefolder",
-        source={"format": "torchvision", "file": str(path), "sha256": digest},
+        source={"format": "torchvision", "file": str(path), "sha256": sha256_file(path)},
     )
+
+
+def read_torchvision(path: str | Path, model: str) -> NetworkRecord:
+    """torchvision ``model`` weights in ``path`` as the record a checkpoint of them would hold (for --init and
+    torch.hub, which need the network, not a file)."""
+    return network_from_state(torchvision_checkpoint(path, model), Path(path))
+
+
+def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize: int = 256) -> Path:
+    """Turn torchvision ``model`` weights in the local file ``path`` into a resnetlab checkpoint at ``out``."""
+    checkpoint = torchvision_checkpoint(path, model, resize=resize)
+    out = Path(out)
     try:
         return save_checkpoint(checkpoint, out)
     except OSError as err:

@@ -24,8 +24,6 @@ its number of classes: it is then replaced by the run's own freshly initialised 
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +33,9 @@ from torch import nn
 
 from ..checkpoint import NETWORK_KEYS, NetworkRecord, load_checkpoint, load_weights, read_network
 from ..deploy.bundle import is_safetensors, read_bundle
-from ..deploy.torchvision_weights import TORCHVISION_MODELS, import_torchvision
+from ..deploy.torchvision_weights import TORCHVISION_MODELS, read_torchvision
 from ..errors import UserError
+from ..files import sha256_file
 from ..models import model_info
 
 __all__ = ["InitWeights", "read_init", "init_network"]
@@ -63,14 +62,6 @@ class InitWeights:
             "classes": len(self.record.classes),
             "dataset": self.record.dataset,
         }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _function_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +92,7 @@ def _torchvision(path: Path, name: str, options: dict[str, Any]) -> NetworkRecor
             f"has {', '.join(f'{k}={v}' for k, v in have.items())}, whose weights have the same shapes but compute "
             f"something else: {fix}"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        converted = import_torchvision(path, name, Path(tmp) / "torchvision.pt")
-        return read_network(converted)
+    return read_torchvision(path, name)
 
 
 def read_init(path: str | Path, name: str, options: dict[str, Any]) -> InitWeights:
@@ -123,15 +112,15 @@ def read_init(path: str | Path, name: str, options: dict[str, Any]) -> InitWeigh
                 f"--init {path} is an export with BN folded into the convolutions: BN's scale and statistics "
                 f"cannot be recovered to train with; fine-tune from the checkpoint it was exported from{hint}"
             )
-        return InitWeights(path, _sha256(path), "resnetlab export", record)
+        return InitWeights(path, sha256_file(path), "resnetlab export", record)
     state = load_checkpoint(path)
     if all(key in state for key in NETWORK_KEYS):
-        return InitWeights(path, _sha256(path), "resnetlab checkpoint", read_network(path))
+        return InitWeights(path, sha256_file(path), "resnetlab checkpoint", read_network(path))
     if not any(isinstance(v, torch.Tensor) for v in state.values()) and not any(
         isinstance(state.get(k), dict) for k in ("state_dict", "model")
     ):
         raise UserError(f"--init {path} holds no network: neither a resnetlab checkpoint nor a torchvision state dict")
-    return InitWeights(path, _sha256(path), "torchvision", _torchvision(path, name, options))
+    return InitWeights(path, sha256_file(path), "torchvision", _torchvision(path, name, options))
 
 
 def _show(keys: list[str]) -> str:
