@@ -93,6 +93,14 @@ def _train(args: argparse.Namespace) -> int:
     values |= {f.key: getattr(args, f.dest) for f in train_flags() if getattr(args, f.dest) is not None}
     config = set_values(config, values)
     out = args.out or f"runs/{config.preset}"
+    if args.seeds is not None:
+        from pathlib import Path
+
+        from .engine.packed import train_packed
+
+        outs = [Path(out) / f"seed{seed}" for seed in args.seeds]
+        train_packed(config, args.seeds, outs, resume=args.resume, accept_resume_changes=args.accept_resume_changes)
+        return 0
     train(config, out, resume=args.resume, accept_resume_changes=args.accept_resume_changes)
     return 0
 
@@ -131,6 +139,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for f in train_flags():
         p.add_argument(f.name, dest=f.dest, type=_typed(f), metavar=f.metavar, help=f.help)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/PRESET)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="train one run per seed, all packed into one network (faster on a GPU), each into RUN_DIR/seedS: "
+        "its own initialisation, data order, augmentation and checkpoints, as a single run with --seed S",
+    )
     p.add_argument(
         "--resume",
         metavar="auto|PATH",

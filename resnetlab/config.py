@@ -225,7 +225,13 @@ class TrainConfig:
     device: str = flag("auto", "--device", "auto, cpu, cuda, cuda:N")
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     amp: Literal["auto", "bf16", "off"] = "auto"
-    """auto: bf16 autocast on CUDA, off on the CPU; bf16; off."""
+    """Precision of the step. auto and off: float32, the paper's (on CUDA with PyTorch's default TF32
+    convolutions); bf16: bf16 autocast, a named deviation (faster on GPUs; not measured against float32 on
+    full runs yet)."""
+    cuda_graph: Literal["auto", "on", "off"] = "auto"
+    """Packed and in-memory single runs on CUDA: replay the whole step as one CUDA graph (auto: on CUDA)."""
+    packing: Literal["grouped", "branches"] = "grouped"
+    """How --seeds packs K networks: one network with groups=K convolutions, or K branches side by side."""
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False

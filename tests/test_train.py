@@ -23,7 +23,7 @@ from resnetlab.engine.rundir import read_record
 from resnetlab.errors import UserError
 from resnetlab.presets import get_preset
 
-TIMING = {"images_per_s", "data_wait_s", "wall_s"}
+TIMING = {"images_per_s", "images_per_s_all", "data_wait_s", "wall_s"}
 
 
 def write_idx(folder: Path, n_train: int = 256, n_test: int = 101, seed: int = 0) -> Path:

@@ -52,10 +52,14 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 (B, C, H, W): crop ``offsets`` from the padded image, ``flips`` mirrored."""
-        b, c, h, w = images.shape
-        p, device = self.pad, images.device
+        return self.crop_flip(self.normalize(images), offsets, flips)
+
+    def crop_flip(self, x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """The crops and flips of normalised float images (B, C, H, W), zero padded (the mean colour)."""
+        b, c, h, w = x.shape
+        p, device = self.pad, x.device
         offsets, flips = offsets.to(device, non_blocking=True), flips.to(device, non_blocking=True)
-        padded = F.pad(self.normalize(images), (p, p, p, p))  # (B, C, H+2p, W+2p)
+        padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)
         rows = offsets[:, :1] + p + torch.arange(h, device=device)  # (B, H)
         j = torch.arange(w, device=device)
         cols = offsets[:, 1:] + p + torch.where(flips[:, None], w - 1 - j, j)  # (B, W)
@@ -181,6 +185,22 @@ class InMemoryLoader(LoaderPosition):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, index)
+
+    def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All of a training epoch's randomness at once, on the CPU, exactly as ``batch`` draws it (one process):
+        the image indices (n, B) of its n batches, their crop offsets (n, B, 2) and flips (n, B). For a step
+        that gathers its batch on the device with no host work (``resnetlab.engine.fused``)."""
+        if not self.train or self.world_size != 1:
+            raise ValueError("an epoch plan is for training in one process")
+        n, b = len(self), self.batch_size
+        order = self._order(epoch)[: n * b].view(n, b)
+        offsets = torch.zeros(n, b, 2, dtype=torch.int64)
+        flips = torch.zeros(n, b, dtype=torch.bool)
+        if self.augmenting:
+            for position in range(n):
+                g = torch.Generator().manual_seed(_seed(self.seed, epoch, position, None))
+                offsets[position], flips[position] = self.augment.draw(b, g)
+        return order, offsets, flips
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, start, n = self.epoch, self.position, len(self)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from ..data.preprocessing import Preprocessing
 from ..data.stream import to_device
 from ..errors import UserError
 
-__all__ = ["TrainingData", "build_data"]
+__all__ = ["TrainingData", "build_data", "memory_dataset", "uses_memory_loader"]
 
 EVAL_BATCH = 500
 
@@ -57,28 +58,55 @@ def _use_stream(config: RunConfig) -> bool:
     return config.data.loader == "stream"
 
 
-def build_data(config: RunConfig, device: torch.device) -> TrainingData:
+def build_data(config: RunConfig, device: torch.device, dataset: rdata.ImageDataset | None = None) -> TrainingData:
+    """The run's batches. ``dataset``: the in-memory dataset already loaded (``memory_dataset``), for K packed
+    seeds that share it."""
     rank, world = runtime.get_rank(), runtime.get_world_size()
     per_rank = config.optim.batch_size // world
-    return (_stream if _use_stream(config) else _memory)(config, device, rank, world, per_rank)
+    if _use_stream(config):
+        return _stream(config, device, rank, world, per_rank)
+    return _memory(config, device, rank, world, per_rank, dataset)
 
 
-def _memory(config: RunConfig, device: torch.device, rank: int, world: int, per_rank: int) -> TrainingData:
-    dc, tc = config.data, config.train
+def uses_memory_loader(config: RunConfig) -> bool:
+    return not _use_stream(config)
+
+
+def memory_dataset(config: RunConfig, device: torch.device | None = None) -> rdata.ImageDataset:
+    """The config's dataset decoded into memory (rank 0 first: it writes the cache), on ``device`` if given."""
+    dc = config.data
     kwargs = dict(val_size=dc.val_split, on_bad_image=dc.on_bad_image)
     dataset = None
-    if rank == 0:  # rank 0 decodes and writes the cache; the others wait, then read it
+    if runtime.get_rank() == 0:  # rank 0 decodes and writes the cache; the others wait, then read it
         dataset = rdata.load_dataset(dc.dataset, dc.data_dir, **kwargs)
     runtime.barrier()
     if dataset is None:
         dataset = rdata.load_dataset(dc.dataset, dc.data_dir, progress=False, **kwargs)
+    if device is not None:  # once, so that every loader of every seed shares the same tensors
+        move = lambda split: None if split is None else rdata.Split(split.images.to(device), split.labels.to(device))  # noqa: E731
+        dataset = dataclasses.replace(
+            dataset, train=move(dataset.train), test=move(dataset.test), val=move(dataset.val)
+        )
+    return dataset
+
+
+def _memory(
+    config: RunConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    per_rank: int,
+    dataset: rdata.ImageDataset | None = None,
+) -> TrainingData:
+    dc, tc = config.data, config.train
+    dataset = memory_dataset(config) if dataset is None else dataset
     train_split, mean = dataset.train, dataset.mean
     if dc.train_subset:
         if dc.train_subset > len(train_split):
             raise UserError(f"--train-subset {dc.train_subset} is more than the {len(train_split)} training images")
         # Each class its share, drawn from train.seed: the same images on every rank and every resume (the
         # first N files of a folder sorted by class would be one class).
-        chosen = rdata.stratified_subset(train_split.labels, dc.train_subset, seed=tc.seed)
+        chosen = rdata.stratified_subset(train_split.labels.cpu(), dc.train_subset, seed=tc.seed)
         train_split = rdata.Split(train_split.images[chosen], train_split.labels[chosen])
         mean = rdata.pixel_mean(train_split.images)
     common = dict(mean=mean, device=device, rank=rank, world_size=world, channels_last=tc.channels_last)

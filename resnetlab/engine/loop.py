@@ -14,10 +14,11 @@ from ..evaluation.metrics import Tally
 __all__ = ["autocast", "train_step", "evaluate"]
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
     """The one mixed-precision path: bf16 autocast when enabled, a no-op otherwise (no GradScaler is needed
-    for bf16, whose range is float32's)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    for bf16, whose range is float32's). ``cache=False`` inside a CUDA graph capture, which must not keep
+    autocast's cast weights across replays."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=cache)
 
 
 def train_step(

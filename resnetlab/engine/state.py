@@ -62,6 +62,15 @@ class Window:
         self.images += int(images)
         self.steps += len(stacked)
 
+    def add_sums(self, loss_sum: float, mistakes: float, images: float, steps: int) -> None:
+        """Fold in sums already taken on the device over ``steps`` steps (the fused step's statistics)."""
+        if not math.isfinite(loss_sum):
+            self.nonfinite = True
+        self.loss_sum += loss_sum
+        self.mistakes += mistakes
+        self.images += int(images)
+        self.steps += steps
+
     def summary(self) -> dict[str, float]:
         return {
             "train_loss": self.loss_sum / max(self.steps, 1),
@@ -89,6 +98,8 @@ FREE_ON_RESUME = frozenset(
         "train.device",
         "train.compile",
         "train.tensorboard",
+        "train.cuda_graph",
+        "train.packing",
         "data.num_workers",
     }
 )

@@ -71,7 +71,8 @@ def build_state(config: RunConfig, data: TrainingData, device: torch.device) -> 
             raise UserError("model.sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if mc.bn_group:
-        if (oc.batch_size // world) % mc.bn_group:
+        # A batch of at most one group is normalised whole (one GPU holding all of it).
+        if oc.batch_size // world > mc.bn_group and (oc.batch_size // world) % mc.bn_group:
             raise UserError(
                 f"model.bn_group {mc.bn_group} does not divide the per-process batch {oc.batch_size // world}"
             )
@@ -172,14 +173,26 @@ def train(
     progress: bool | None = None,
     *,
     accept_resume_changes: bool = False,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` into the run directory ``out``; returns the last evaluation record.
 
     ``resume``: None (a fresh run; refuses a directory that already holds a run), "auto" (continue from
     ``out``'s newest intact checkpoint if there is one) or a checkpoint path. A resume whose config differs
     in anything but length and frequencies (``FREE_ON_RESUME``) is refused unless ``accept_resume_changes``.
+    ``deadline`` (``time.monotonic()`` seconds): stop, checkpointed, before then (``Deadline``).
     """
     device = runtime.resolve_device(config.train.device)
+    if device.type == "cuda" and config.train.cuda_graph != "off" and resume in (None, "auto"):
+        from .packed import packing_refusal, train_packed
+
+        processes = int(os.environ.get("WORLD_SIZE", "1")) if runtime.launched_by_torchrun() else 1
+        if packing_refusal(config, processes) is None:  # the in-memory path on one GPU: the graphed step
+            (result,) = train_packed(
+                config, [config.train.seed], [out], resume, progress, accept_resume_changes=accept_resume_changes,
+                deadline=deadline,
+            )  # fmt: skip
+            return result
     runtime.init_distributed(device)
     world = runtime.get_world_size()
     if config.optim.batch_size % world:
@@ -206,7 +219,7 @@ def train(
                 position = min(int(loader["position"]), len(state.loader))
                 point.state["loader"] = {**loader, "position": position, "seed": config.train.seed}
             state.load_state_dict(point.state)
-        loop = _Loop(config, run, data, state, device, progress)
+        loop = _Loop(config, run, data, state, device, progress, deadline)
         if main:
             run.mirror = TensorBoardMirror(run.tensorboard, state.iteration) if mirror else None
             _start_records(run, config, data, state, point, device, world, init)
@@ -252,6 +265,51 @@ def _start_records(
     run.write_json(run.env, env)
 
 
+def write_checkpoint(
+    run: RunDir, config: RunConfig, data: TrainingData, training: dict[str, Any], *, periodic: bool, best: bool
+) -> None:
+    """Write ``training`` (a ``TrainState.state_dict()``) with the network's record as ``run``'s last.pt, the
+    last.pt before it kept as previous.pt, and as its periodic or best copy if asked. A write that fails (a
+    full disk, a file system gone read-only) is a one-line error; last.pt is then intact."""
+    weights = training.pop("model")
+    checkpoint = network_state(config, data.classes, data.preprocessing, weights, dataset=data.name) | training
+    extra = ([run.periodic(int(training["iteration"]))] if periodic else []) + ([run.best] if best else [])
+    written = run.previous
+    try:
+        run.keep_previous()
+        for written in (run.last, *extra):
+            save_checkpoint(checkpoint, written)
+    except (OSError, RuntimeError) as err:
+        cause = err if isinstance(err, OSError) else err.__context__  # torch's zip writer wraps the OSError
+        if not isinstance(cause, OSError):
+            raise
+        raise UserError(
+            f"cannot write checkpoint {written} ({cause.strerror or cause}); the last good checkpoint is "
+            f"{run.last if run.last.exists() else 'none'}; free space, then continue with --resume auto"
+        ) from None
+
+
+class Deadline:
+    """When a run must have stopped, checkpointed (``time.monotonic()`` seconds; None: no limit). The loop
+    stops once the time left would not cover the next step, an evaluation and a checkpoint at their
+    measured durations, with a margin: a budget is never overrun by a save."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.step_s, self.save_s = 0.0, 1.0
+
+    def step_done(self, seconds: float) -> None:
+        self.step_s = max(seconds, 0.5 * self.step_s)  # an evaluation or a save inside the step counts too
+
+    def saved(self, seconds: float) -> None:
+        self.save_s = max(seconds, self.save_s)
+
+    def out_of_time(self) -> bool:
+        if self.deadline is None:
+            return False
+        return time.monotonic() + 2 * self.step_s + 1.5 * self.save_s >= self.deadline
+
+
 class _Loop:
     """One run's loop over a ``TrainState``: step, log, evaluate, checkpoint, stop."""
 
@@ -263,12 +321,13 @@ class _Loop:
         state: TrainState,
         device: torch.device,
         progress: bool | None,
+        deadline: float | None = None,
     ) -> None:
         self.config, self.run_dir, self.data, self.state, self.device = config, run, data, state, device
         self.world = runtime.get_world_size()
         self.main = runtime.get_rank() == 0
         tc = config.train
-        self.amp = tc.amp == "bf16" or (tc.amp == "auto" and device.type == "cuda")
+        self.amp = tc.amp == "bf16"  # auto and off: float32, the paper's precision
         # `state.model` is what is saved; `inner` (compiled or not) evaluates; `trained` (DDP-wrapped when
         # distributed) trains. Evaluation bypasses DDP: its shards may hold different numbers of batches per rank.
         self.inner = torch.compile(state.model) if tc.compile else state.model
@@ -279,6 +338,7 @@ class _Loop:
         self.bar = Progress(total=tc.iterations, initial=state.iteration, enabled=progress, main=self.main)
         self.signal: str | None = None
         self.last_record: dict[str, Any] = {}
+        self.clock = Deadline(deadline)
 
     def run(self) -> dict[str, Any]:
         s, tc = self.state, self.config.train
@@ -287,6 +347,7 @@ class _Loop:
         batches = self._batches()
         self.tick = time.perf_counter()
         while s.iteration < tc.iterations:
+            started = time.perf_counter()
             lr = self.step(batches)
             evaluating = s.iteration % tc.eval_every == 0 or s.iteration == tc.iterations
             if s.iteration % tc.log_every == 0 or evaluating:
@@ -294,9 +355,9 @@ class _Loop:
             if evaluating:
                 self.evaluate(lr)
             if s.iteration % tc.checkpoint_every == 0 or s.iteration == tc.iterations:
-                keep = tc.keep_every and s.iteration % tc.keep_every == 0
-                self.save(*([self.run_dir.periodic(s.iteration)] if keep else []))
-            if self._stop_requested() and s.iteration < tc.iterations:
+                self.save(periodic=bool(tc.keep_every and s.iteration % tc.keep_every == 0))
+            self.clock.step_done(time.perf_counter() - started)
+            if (self._stop_requested() or self.clock.out_of_time()) and s.iteration < tc.iterations:
                 return self.stopped()
         return self.finished()
 
@@ -371,10 +432,10 @@ class _Loop:
             )
         self.last_record = record
         if best:
-            self.save(self.run_dir.best)
+            self.save(best=True)
 
-    def save(self, *extra: Path) -> None:
-        """Write last.pt (and ``extra`` copies) from rank 0, the last.pt before it kept as previous.pt. Never a
+    def save(self, periodic: bool = False, best: bool = False) -> None:
+        """Write last.pt (and the periodic or best copy) from rank 0, the last.pt before it kept as previous.pt. Never a
         state whose loss went non-finite or whose weights or optimizer state hold a NaN or an infinity (the
         step after the last finite loss can poison them), so that the last checkpoint is always a good one."""
         s, run = self.state, self.run_dir
@@ -388,23 +449,9 @@ class _Loop:
             )
         if not self.main:
             return
-        training = s.state_dict()
-        pre = self.data.preprocessing
-        weights = training.pop("model")
-        checkpoint = network_state(self.config, self.data.classes, pre, weights, dataset=self.data.name) | training
-        written = run.previous
-        try:
-            run.keep_previous()
-            for written in (run.last, *extra):
-                save_checkpoint(checkpoint, written)
-        except (OSError, RuntimeError) as err:  # a full disk, a file system gone read-only: last.pt is intact
-            cause = err if isinstance(err, OSError) else err.__context__  # torch's zip writer wraps the OSError
-            if not isinstance(cause, OSError):
-                raise
-            raise UserError(
-                f"cannot write checkpoint {written} ({cause.strerror or cause}); the last good checkpoint is "
-                f"{run.last if run.last.exists() else 'none'}; free space, then continue with --resume auto"
-            ) from None
+        started = time.perf_counter()
+        write_checkpoint(run, self.config, self.data, s.state_dict(), periodic=periodic, best=best)
+        self.clock.saved(time.perf_counter() - started)
 
     def announce(self, resume_path: Path | None, notes: list[str]) -> None:
         data, s, oc = self.data, self.state, self.config.optim
@@ -429,8 +476,9 @@ class _Loop:
         self.save()
         self.bar.close()
         if self.main:
+            why = "the time budget" if self.signal is None and self.clock.out_of_time() else self.signal
             print(
-                f"stopped by {self.signal or 'another rank'} at iteration {self.state.iteration}; saved "
+                f"stopped by {why or 'another rank'} at iteration {self.state.iteration}; saved "
                 f"{self.run_dir.last}. Continue with: resnetlab train ... --out {self.run_dir.path} --resume auto",
                 file=sys.stderr,
             )

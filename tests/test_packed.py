@@ -1,0 +1,274 @@
+"""Packed seeds (``--seeds``): K networks trained as one equal K single runs, to float32 rounding.
+
+The reference for "equal" is measured, not assumed: two single runs that differ only in memory format
+(channels_last or not) differ by float32 rounding alone; a packed network must stay as close to its single
+run as that pair stays to each other (times a small factor: the packed network rounds differently again).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.checkpoint import load_checkpoint, model_from_checkpoint
+from resnetlab.cli import main
+from resnetlab.config import apply_overrides, set_values
+from resnetlab.data import InMemoryLoader, synthetic_dataset
+from resnetlab.engine import train
+from resnetlab.engine.fused import FusedStep
+from resnetlab.engine.packed import train_packed
+from resnetlab.errors import UserError
+from resnetlab.models import create_model
+from resnetlab.models.norm import group_batchnorm
+from resnetlab.models.packed import PackedNetworks, pack_state, unpack_state
+
+from test_train import metrics, tiny_config, write_idx
+
+SEEDS = [3, 4, 5]
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    return write_idx(tmp_path / "fashion-mnist")
+
+
+def _networks(k: int, bn_group: int = 0) -> list[torch.nn.Module]:
+    nets = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        net = create_model("resnet20")
+        nets.append(group_batchnorm(net, bn_group) if bn_group else net)
+    return nets
+
+
+@pytest.mark.parametrize("layout", ["grouped", "branches"])
+def test_packing_keeps_each_network_exactly(layout):
+    nets = _networks(3, bn_group=16)
+    packed = PackedNetworks(nets[0], 3, layout)
+    packed.load_members([n.state_dict() for n in nets])
+    for member, net in zip(packed.members(), nets):
+        assert list(member) == list(net.state_dict())
+        assert all(torch.equal(member[key], value) for key, value in net.state_dict().items())
+    x = torch.randn(3, 32, 3, 32, 32)
+    for mode in ("train", "eval"):
+        packed.train(mode == "train")
+        for net in nets:
+            net.train(mode == "train")
+        out = packed(x)
+        single = torch.stack([net(x[i]) for i, net in enumerate(nets)])
+        assert out.shape == (3, 32, 10)
+        torch.testing.assert_close(out, single, rtol=0, atol=2e-5 * single.abs().max().item())
+
+
+def test_pack_state_round_trip_and_refusals():
+    states = [n.state_dict() for n in _networks(2)]
+    back = unpack_state(pack_state(states), 2)
+    assert all(torch.equal(a[key], b[key]) for a, b in zip(back, states) for key in a)
+    states[1]["bn1.num_batches_tracked"] = torch.tensor(7)
+    with pytest.raises(ValueError, match="num_batches_tracked differs"):
+        pack_state(states)
+    with pytest.raises(ValueError, match="layout"):
+        PackedNetworks(_networks(1)[0], 2, "stacked")
+
+
+def test_fused_batches_are_the_single_loaders_batches():
+    """Each network's batch (images, labels, crops, flips) is exactly its single run's, across an epoch's end
+    and from a loader state restored mid-epoch."""
+    data = synthetic_dataset(num_train=200, num_test=1)
+    loaders = [
+        InMemoryLoader(data.train.images, data.train.labels, batch_size=32, mean=data.mean, train=True, seed=s)
+        for s in SEEDS
+    ]
+    singles = [
+        InMemoryLoader(data.train.images, data.train.labels, batch_size=32, mean=data.mean, train=True, seed=s)
+        for s in SEEDS
+    ]
+    for loader in loaders + singles:  # mid-epoch: position 4 of 6
+        loader.load_state_dict({"epoch": 2, "position": 4, "seed": loader.seed})
+    nets = _networks(3)
+    step = FusedStep(
+        PackedNetworks(nets[0], 3),
+        loaders,
+        momentum=0.9,
+        weight_decay=1e-4,
+        nesterov=False,
+        amp=False,
+        graph=False,
+        device=torch.device("cpu"),
+    )
+    streams = [iter(single) for single in singles]
+    for _ in range(5):  # 2 batches of epoch 2, then epoch 3
+        step._prepare()
+        x, y = step.batch()
+        for k, stream in enumerate(streams):
+            try:
+                xs, ys = next(stream)
+            except StopIteration:
+                streams[k] = iter(singles[k])
+                xs, ys = next(streams[k])
+            assert torch.equal(x[k], xs) and torch.equal(y[k], ys)
+        step.set_lr([0.1] * 3)
+        step()
+    assert [loader.state_dict() for loader in loaders] == [single.state_dict() for single in singles]
+
+
+def _logit_gap(a: Path, b: Path, batch: torch.Tensor) -> float:
+    """max |logit difference| / max |logit| of two checkpoints' networks (eval mode) on ``batch``."""
+    (net_a, _), (net_b, _) = model_from_checkpoint(a), model_from_checkpoint(b)
+    with torch.no_grad():
+        la, lb = net_a(batch), net_b(batch)
+    return ((la - lb).abs().max() / lb.abs().max()).item()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 30])
+def test_packed_seeds_train_as_single_runs(data_dir, tmp_path, steps):
+    """K=3 packed against 3 single runs: the same data order (the loader states agree), and the logits on a
+    fixed batch within the spread float32 rounding alone causes. One step checks the data, initialisation,
+    lr and weight decay of each network, two its momentum, thirty the lr drops; lr 0.02, because at 0.1 this
+    tiny set makes SGD so chaotic that rounding alone moves the logits by 30-80% within 30 steps (at 0.02:
+    a few %), and a check that loose would catch nothing."""
+    config = tiny_config(
+        data_dir,
+        "model.name=resnet20",
+        "optim.lr=0.02",
+        f"train.iterations={steps}",
+        f"train.eval_every={steps}",
+        f"train.checkpoint_every={steps}",
+        "train.deterministic=false",
+        "schedule.milestones=20,25",
+    )
+    outs = [tmp_path / "packed" / f"seed{s}" for s in SEEDS]
+    train_packed(config, SEEDS, outs, progress=False)
+    from resnetlab.data import load_dataset
+
+    dataset = load_dataset("fashion-mnist", data_dir)
+    batch = (dataset.test.images[:64].float() - dataset.mean) / 255
+    rounding = []
+    for seed, out in zip(SEEDS, outs):
+        single = set_values(copy.deepcopy(config), {"train.seed": seed})
+        train(single, tmp_path / f"single{seed}", progress=False)
+        other_format = set_values(copy.deepcopy(single), {"train.channels_last": False})
+        train(other_format, tmp_path / f"contiguous{seed}", progress=False)
+        a, b = (
+            load_checkpoint(out / "checkpoints/last.pt"),
+            load_checkpoint(tmp_path / f"single{seed}/checkpoints/last.pt"),
+        )
+        assert a["loader"] == b["loader"] and a["iteration"] == b["iteration"] == steps
+        assert a["schedule"] == b["schedule"]
+        rounding.append(
+            _logit_gap(
+                tmp_path / f"contiguous{seed}/checkpoints/last.pt",
+                tmp_path / f"single{seed}/checkpoints/last.pt",
+                batch,
+            )
+        )
+        gap = _logit_gap(out / "checkpoints/last.pt", tmp_path / f"single{seed}/checkpoints/last.pt", batch)
+        print(f"seed {seed}: packed {gap:.2e}")
+        assert gap <= max(10 * max(rounding), 1e-5), (seed, gap, rounding)
+        packed_records, single_records = metrics(out), metrics(tmp_path / f"single{seed}")
+        last = packed_records[-1]
+        assert last["packed"] == 3 and last["iteration"] == steps
+        if steps == 1:  # later, the barely trained network's test predictions sit on its decision boundaries
+            assert last["test_top1_error"] == pytest.approx(single_records[-1]["test_top1_error"], abs=0.02)
+        # One step: the same loss to rounding; 30 steps: rounding has grown as it does between any two runs.
+        assert last["train_loss"] == pytest.approx(single_records[-1]["train_loss"], rel=1e-4 if steps == 1 else 0.05)
+    print(f"logit gaps to the single runs, {steps} steps: rounding alone {rounding}")
+
+
+def test_packed_initialisation_is_the_single_runs(data_dir, tmp_path):
+    config = tiny_config(data_dir, "train.iterations=1", "train.eval_every=1", "optim.lr=1e-30")  # ~no update
+    train_packed(config, SEEDS[:2], [tmp_path / f"p{s}" for s in SEEDS[:2]], progress=False)
+    for seed in SEEDS[:2]:
+        train(set_values(copy.deepcopy(config), {"train.seed": seed}), tmp_path / f"s{seed}", progress=False)
+        a, b = (
+            load_checkpoint(tmp_path / f"p{seed}/checkpoints/last.pt"),
+            load_checkpoint(tmp_path / f"s{seed}/checkpoints/last.pt"),
+        )
+        for key in a["model"]:
+            if key.endswith("weight") and "bn" not in key and "downsample.1" not in key:  # conv and fc: untouched
+                torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-6, atol=1e-12)
+
+
+def test_packed_resume_is_exact_and_a_seed_resumes_alone(data_dir, tmp_path, monkeypatch):
+    """Stopped at iteration 6 (mid-epoch, between checkpoints) and resumed, a packed run ends bit-identical to
+    an uninterrupted one; and each seed's checkpoint continues as an ordinary single run."""
+    config = tiny_config(data_dir)
+    whole = [tmp_path / "whole" / f"seed{s}" for s in SEEDS]
+    train_packed(config, SEEDS, whole, progress=False)
+    cut = [tmp_path / "cut" / f"seed{s}" for s in SEEDS]
+    real, calls = FusedStep.__call__, {"n": 0}
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the step finishes, all K runs are saved
+        real(self)
+
+    monkeypatch.setattr(FusedStep, "__call__", step)
+    assert train_packed(config, SEEDS, cut, progress=False)[0] == {"stopped": True, "iteration": 6}
+    monkeypatch.setattr(FusedStep, "__call__", real)
+    train_packed(config, SEEDS, cut, resume="auto", progress=False)
+    for a, b in zip(whole, cut):
+        sa, sb = load_checkpoint(a / "checkpoints/last.pt"), load_checkpoint(b / "checkpoints/last.pt")
+        assert sa["iteration"] == sb["iteration"] == 20
+        for key in sa["model"]:
+            assert torch.equal(sa["model"][key], sb["model"][key]), key
+        for key in ("loader", "schedule", "window", "optimizer"):
+            assert str(sa[key]) == str(sb[key]), key
+        assert metrics(a) == metrics(b)
+    seed, out = SEEDS[0], tmp_path / "cut" / f"seed{SEEDS[0]}"
+    more = apply_overrides(set_values(copy.deepcopy(config), {"train.seed": seed}), ["train.iterations=24"])
+    train(more, out, resume="auto", progress=False)  # the single trainer takes the packed run's checkpoint
+    assert load_checkpoint(out / "checkpoints/last.pt")["iteration"] == 24
+
+
+def test_packed_runs_stop_before_a_deadline_and_resume(data_dir, tmp_path):
+    config = tiny_config(data_dir, "train.iterations=400", "train.eval_every=400", "train.checkpoint_every=400")
+    outs = [tmp_path / f"seed{s}" for s in SEEDS[:2]]
+    started = time.monotonic()
+    results = train_packed(config, SEEDS[:2], outs, progress=False, deadline=started + 1.5)
+    assert time.monotonic() < started + 1.5 + 0.5
+    assert results[0]["stopped"]
+    reached = [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in outs]
+    assert reached[0] == reached[1] and 0 < reached[0] < 400
+    short = apply_overrides(copy.deepcopy(config), [f"train.iterations={reached[0] + 4}"])
+    train_packed(short, SEEDS[:2], outs, resume="auto", progress=False)
+    assert [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in outs] == [reached[0] + 4] * 2
+
+
+def test_packed_refusals(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    with pytest.raises(UserError, match="twice"):
+        train_packed(config, [1, 1], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(UserError, match="own run directory"):
+        train_packed(config, [1, 2], [tmp_path / "a", tmp_path / "a"])
+    with pytest.raises(UserError, match="resume auto"):
+        train_packed(config, [1, 2], [tmp_path / "a", tmp_path / "b"], resume=str(tmp_path / "x.pt"))
+    with pytest.raises(UserError, match="from scratch"):
+        train_packed(apply_overrides(copy.deepcopy(config), ["train.freeze=stem"]), [1], [tmp_path / "f"])
+    short = apply_overrides(copy.deepcopy(config), ["train.iterations=4"])
+    train_packed(short, [1, 2], [tmp_path / "a", tmp_path / "b"], progress=False)
+    train(set_values(copy.deepcopy(config), {"train.seed": 1, "train.iterations": 8}), tmp_path / "a", resume="auto")
+    with pytest.raises(UserError, match="one iteration"):
+        train_packed(config, [1, 2], [tmp_path / "a", tmp_path / "b"], resume="auto")
+
+
+def test_cli_train_seeds_writes_one_run_per_seed(data_dir, tmp_path, capsys):
+    sets = [f"--set={s}" for s in ("model.name=cifar_resnet8", "optim.batch_size=32", "train.eval_every=4")]
+    out = tmp_path / "runs"
+    argv = ["train", "--preset", "fashion-mnist-resnet20", "--data-dir", str(data_dir), "--iterations", "4"]
+    assert main([*argv, *sets, "--seeds", "0", "1", "--out", str(out)]) == 0
+    for seed in (0, 1):
+        config = json.loads((out / f"seed{seed}" / "config.json").read_text())
+        assert config["train"]["seed"] == seed
+        assert (out / f"seed{seed}" / "checkpoints" / "last.pt").is_file()
+    assert main([*argv, *sets, "--seeds", "0", "0", "--out", str(out / "again")]) == 2
+    assert "twice" in capsys.readouterr().err
