@@ -358,6 +358,22 @@ def _experiment(args: argparse.Namespace) -> int:
     from . import experiments
 
     root, out = Path(args.runs), Path(args.out)
+    if args.which == "campaign":
+        from .experiments.campaign import campaign_command
+
+        if args.budget is None and not args.status:
+            raise UserError("experiment campaign needs --budget SECONDS (or --status)")
+        return campaign_command(
+            args.budget or 0.0,
+            root,
+            Path(args.carry),
+            Path(args.weights),
+            iterations=args.iterations,
+            data_dir=args.data_dir,
+            seeds=args.table6_seeds,
+            nets=args.nets,
+            status_only=args.status,
+        )
     if args.which == "degradation":
         nets = args.nets or experiments.DEGRADATION_NETS
         paths = experiments.degradation(
@@ -393,18 +409,35 @@ def _experiment(args: argparse.Namespace) -> int:
 def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
-        help="reproduce a CIFAR-10 experiment of the paper: degradation (Fig. 1, 6), table6, responses (Fig. 7)",
+        help="reproduce a CIFAR-10 experiment of the paper: degradation (Fig. 1, 6), table6, responses (Fig. 7); "
+        "campaign: the whole section at the full schedule, a GPU window at a time",
         description="Each experiment trains (or reuses, or resumes) ordinary runs of the CIFAR-10 presets under "
         "--runs and draws its figure or table from their records only. A shorter --iterations keeps the lr drops "
-        "at the paper's fractions of the run (0.5 and 0.75), stated on every figure.",
+        "at the paper's fractions of the run (0.5 and 0.75), stated on every figure. Several --seeds of a "
+        "network train packed into one (train --seeds). campaign works through the section's runs in the paper's "
+        "order for --budget seconds, stops checkpointed, carries records and checkpoints in --carry for the "
+        "next window, exports finished seed-0 networks into --weights and says what is left (docs/training.md).",
     )
-    p.add_argument("which", choices=("degradation", "table6", "responses"))
+    p.add_argument("which", choices=("degradation", "table6", "responses", "campaign"))
     p.add_argument("--runs", default="runs/cifar10", metavar="DIR", help="where the runs live (default runs/cifar10)")
     p.add_argument("--out", default="results", metavar="DIR", help="where figures and tables go (default results)")
     p.add_argument("--iterations", type=int, default=64000, help="schedule length (default the paper's 64,000)")
     p.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="seeds to train (degradation); the seed to read (responses)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds to train (degradation; each network's seeds packed into one run); the seed to read (responses)",
     )
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="campaign: stop, checkpointed, before this")
+    p.add_argument(
+        "--carry", default="campaign", metavar="DIR", help="campaign: records and checkpoints between windows"
+    )
+    p.add_argument("--weights", default="weights", metavar="DIR", help="campaign: exported seed-0 networks")
+    p.add_argument(
+        "--table6-seeds", type=int, default=5, metavar="N", help="campaign: seeds per network (default 5, the paper's)"
+    )
+    p.add_argument("--status", action="store_true", help="campaign: print what is done and left; train nothing")
     p.add_argument("--nets", nargs="+", metavar="NET", help="networks, e.g. plain20 resnet56 (default: the figure's)")
     p.add_argument(
         "--eval-points",

@@ -101,6 +101,7 @@ FREE_ON_RESUME = frozenset(
         "train.cuda_graph",
         "train.packing",
         "data.num_workers",
+        "data.data_dir",  # where the same dataset is found on this machine (env.json records the source)
     }
 )
 

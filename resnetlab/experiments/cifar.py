@@ -9,15 +9,17 @@ of 64k: 0.5 and 0.75), and every figure says so.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import data as rdata
-from ..checkpoint import model_from_checkpoint
+from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..config import RunConfig, apply_overrides, config_from_dict
 from ..engine import scale_milestones, train
+from ..engine.packed import train_packed
 from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..presets import get_preset
@@ -30,6 +32,8 @@ __all__ = [
     "RESPONSE_NETS",
     "experiment_config",
     "ensure_run",
+    "ensure_runs",
+    "finished_run",
     "degradation",
     "table6_report",
     "responses",
@@ -81,28 +85,82 @@ def schedule_note(iterations: int) -> str:
     return f"{iterations:,} iterations, lr 0.1 /10 at {first:,} and {second:,} (0.5 and 0.75 of the run; paper: 32k/48k of 64k)"
 
 
+def finished_run(config: RunConfig, path: Path) -> RunRecord | None:
+    """The record of ``path`` if it holds ``config``'s run, finished and checkpointed; None if that run is still
+    to train (or to finish); a one-line error if the folder holds another run."""
+    if not (path / "config.json").is_file():
+        return None
+    saved = config_from_dict(json.loads((path / "config.json").read_text()))
+    if (
+        saved.model != config.model
+        or saved.train.iterations != config.train.iterations
+        or saved.train.seed != config.train.seed
+    ):
+        raise UserError(
+            f"{path} holds a different run ({saved.model.name}, {saved.train.iterations} iterations, seed {saved.train.seed})"
+        )
+    record = read_record(path)
+    return record if record.finished and (path / "checkpoints" / "last.pt").is_file() else None
+
+
+def checkpoint_iteration(path: Path) -> int | None:
+    """The iteration of the run's last.pt (0 without one; None if it cannot be read: resumed on its own)."""
+    last = path / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return 0
+    try:
+        return int(load_checkpoint(last)["iteration"])
+    except (UserError, KeyError, ValueError):
+        return None
+
+
 def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> RunRecord:
     """Reuse a finished run, resume one cut short, or train it; refuses a folder holding another config."""
-    if (path / "config.json").is_file():
-        saved = config_from_dict(json.loads((path / "config.json").read_text()))
-        if (
-            saved.model != config.model
-            or saved.train.iterations != config.train.iterations
-            or saved.train.seed != config.train.seed
-        ):
-            raise UserError(
-                f"{path} holds a different run ({saved.model.name}, {saved.train.iterations} iterations, seed {saved.train.seed})"
-            )
-        record = read_record(path)
-        if record.finished and (path / "checkpoints" / "last.pt").is_file():
-            print(f"reusing {path} (finished)")
-            return record
+    record = finished_run(config, path)
+    if record is not None:
+        print(f"reusing {path} (finished)")
+        return record
     resume = "auto" if path.exists() else None  # auto: the newest intact checkpoint, or a fresh start
     print(f"{'resuming' if (path / 'checkpoints' / 'last.pt').is_file() else 'training'} {path}")
     result = train(config, path, resume=resume, progress=progress)
     if result.get("stopped"):
         raise UserError(f"stopped during {path}; run the same command again to resume")
     return read_record(path)
+
+
+def ensure_runs(
+    configs: list[RunConfig], paths: list[Path], progress: bool | None = None, deadline: float | None = None
+) -> bool:
+    """``ensure_run`` for the seeds of one network (``configs`` differ in ``train.seed`` only): the runs still
+    to train go packed into one network (``train_packed``), those that start from the same checkpoint
+    iteration together. Returns False if ``deadline`` stopped them (every run checkpointed), True once all
+    are finished."""
+    todo = []
+    for config, path in zip(configs, paths):
+        if finished_run(config, path) is not None:
+            print(f"reusing {path} (finished)")
+        else:
+            todo.append((config, path))
+    groups: dict[int | None, list[tuple[RunConfig, Path]]] = {}
+    for config, path in todo:
+        groups.setdefault(checkpoint_iteration(path), []).append((config, path))
+    for start, group in groups.items():
+        members = [[item] for item in group] if start is None else [group]  # an unreadable one: on its own
+        for member in members:
+            seeds, outs = [c.train.seed for c, _ in member], [p for _, p in member]
+            names = ", ".join(str(p) for p in outs)
+            print(
+                f"{'resuming' if start else 'training'} {names}" + (f" ({len(outs)} packed)" if len(outs) > 1 else "")
+            )
+            if len(member) == 1:
+                results = [train(member[0][0], outs[0], resume="auto", progress=progress, deadline=deadline)]
+            else:
+                results = train_packed(member[0][0], seeds, outs, resume="auto", progress=progress, deadline=deadline)
+            if any(r.get("stopped") for r in results):
+                if deadline is not None and time.monotonic() < deadline + 60:
+                    return False
+                raise UserError(f"stopped during {names}; run the same command again to resume")
+    return True
 
 
 def degradation(
@@ -117,6 +175,10 @@ def degradation(
 ) -> list[Path]:
     """Fig. 1 and Fig. 6; ``train_missing=False`` draws from the records under ``root`` and trains nothing."""
     records = []
+    if train_missing and len(seeds) > 1:  # each network's seeds packed into one run (train --seeds)
+        for net in nets:
+            configs = [experiment_config(net, iterations, seed, data_dir, eval_points) for seed in seeds]
+            ensure_runs(configs, [root / run_name(c.preset, iterations, c.train.seed) for c in configs])
     for seed in seeds:
         for net in nets:
             config = experiment_config(net, iterations, seed, data_dir, eval_points)

@@ -1,0 +1,115 @@
+"""The full-schedule campaign on a tiny plan: windows of a few seconds, each on a "fresh machine" (an empty
+--runs folder; only the carry folder goes from one window to the next), must end where one uninterrupted
+campaign ends, without losing or repeating an iteration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.cli import main
+from resnetlab.deploy import read_bundle
+from resnetlab.experiments.campaign import Campaign, format_status, paper_plan
+
+NETS = ["plain20", "resnet20"]
+ITERATIONS = 8
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    from conftest import write_cifar_python
+
+    monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
+    write_cifar_python(tmp_path / "data", per_batch=26, n_test=20)  # 130 training images: one batch of 128
+    return str(tmp_path / "data")
+
+
+def _campaign(root: Path, runs: str, data: str) -> Campaign:
+    return Campaign(
+        root / runs, root / "carry", root / "weights", iterations=ITERATIONS, data_dir=data, seeds=2, nets=NETS
+    )
+
+
+def test_the_plan_is_the_papers_order_and_fits_the_carry():
+    units, refused = paper_plan()
+    labels = [u.label for u in units]
+    assert labels[:8] == [
+        f"(a) {n} seed 0"
+        for n in ["plain20", "plain32", "plain44", "plain56", "resnet20", "resnet32", "resnet44", "resnet56"]
+    ]
+    assert labels[8] == "(b) resnet110 seed 0"
+    # Packed as many as carry in 16 MiB: 4 x 2.2 MB (ResNet-20), 4 x 3.7, 2 x 5.3, 2 x 6.8, 1 x 13.8 (ResNet-110)
+    assert labels[9:11] == ["(c) resnet20 seeds 1,2,3,4", "(c) resnet32 seeds 1,2,3,4"]
+    assert labels[11:15] == [
+        "(c) resnet44 seeds 1,2",
+        "(c) resnet44 seeds 3,4",
+        "(c) resnet56 seeds 1,2",
+        "(c) resnet56 seeds 3,4",
+    ]
+    assert labels[15:19] == [f"(c) resnet110 seed {s}" for s in (1, 2, 3, 4)]
+    assert labels[19:] == ["(d) plain110 seed 0"]
+    assert [u.label for u, _ in refused] == ["(d) resnet1202 seed 0"]
+    assert "more than a window can carry" in refused[0][1]
+    tiny, _ = paper_plan(seeds=2, nets=NETS)
+    assert [u.label for u in tiny] == ["(a) plain20 seed 0", "(a) resnet20 seed 0", "(c) resnet20 seed 1"]
+
+
+def test_windows_on_fresh_machines_end_where_one_uninterrupted_campaign_ends(tmp_path, cifar, capsys):
+    whole = _campaign(tmp_path / "whole", "runs", cifar).run(budget=600)
+    assert not whole["stopped"] and whole["windows_left"] == 0
+    root = tmp_path / "windows"
+    windows = 0
+    while True:
+        windows += 1
+        assert windows < 40, "the campaign makes no progress"
+        status = _campaign(root, f"machine{windows}", cifar).run(budget=4.0)  # each window a bare machine
+        carried = sorted(p.name for p in (root / "carry" / "checkpoints").glob("*.pt"))
+        unfinished = [r["unit"] for r in status["units"] if r["left"]]
+        assert len(carried) <= 2  # one checkpoint per unfinished run, never more
+        if not unfinished:
+            assert carried == []  # deleted once the runs finished
+            break
+    assert windows > 2, "the budget should have cut the plan into several windows"
+    for net, seed in [("plain20", 0), ("resnet20", 0), ("resnet20", 1)]:
+        name = f"cifar10-{net}-it{ITERATIONS}-seed{seed}"
+        a = [
+            json.loads(line)
+            for line in (tmp_path / "whole/carry/records" / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        b = [json.loads(line) for line in (root / "carry/records" / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iteration"] for r in b if "test_top1_error" in r] == list(
+            range(1, ITERATIONS + 1)
+        )  # none lost, none twice
+        keys = ("train_loss", "train_error", "test_loss", "test_top1_error")
+        pick = lambda records: [r[k] for r in records if "test_top1_error" in r for k in keys]  # noqa: E731
+        assert pick(a) == pytest.approx(pick(b), rel=1e-5, abs=1e-6)
+    index = json.loads((root / "weights" / "index.json").read_text())
+    assert sorted(index) == ["plain20", "resnet20"]
+    assert index["resnet20"]["iterations"] == ITERATIONS and 0 <= index["resnet20"]["test_top1_error"] <= 1
+    bundle = read_bundle(root / "weights" / "cifar10-resnet20.safetensors")
+    assert bundle.model_name == "resnet20"
+    whole_last = load_checkpoint(tmp_path / "whole/runs" / f"cifar10-resnet20-it{ITERATIONS}-seed0/checkpoints/last.pt")
+    assert whole_last["iteration"] == ITERATIONS
+    text = format_status(status)
+    assert "the plan is done" in text and "carried between windows" in text
+    assert torch.isfinite(bundle.model(torch.zeros(1, 3, 32, 32))).all()
+
+
+def test_campaign_command_status_and_errors(tmp_path, cifar, capsys):
+    common = ["--runs", str(tmp_path / "runs"), "--carry", str(tmp_path / "carry"), "--weights", str(tmp_path / "w")]
+    assert main(["experiment", "campaign", *common]) == 2
+    assert "--budget" in capsys.readouterr().err
+    assert main(["experiment", "campaign", "--status", *common]) == 0
+    out = capsys.readouterr().out
+    assert "(a) plain20 seed 0" in out and "resnet1202" in out and "unknown until a window" in out
+    tiny = [*common, "--iterations", "2", "--nets", "resnet20", "--table6-seeds", "1", "--data-dir", cifar]
+    assert main(["experiment", "campaign", "--budget", "120", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "the plan is done" in out
+    assert (tmp_path / "w" / "cifar10-resnet20.safetensors").is_file()
+    assert (tmp_path / "carry" / "records" / "cifar10-resnet20-it2-seed0" / "metrics.jsonl").is_file()
+    assert not list((tmp_path / "carry").glob("checkpoints/*.pt"))
