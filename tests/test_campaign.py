@@ -34,6 +34,11 @@ def _campaign(root: Path, runs: str, data: str) -> Campaign:
     )
 
 
+def _values(records: list[dict]) -> list[float]:
+    keys = ("train_loss", "train_error", "test_loss", "test_top1_error")
+    return [r[k] for r in records if "test_top1_error" in r for k in keys]
+
+
 def test_the_plan_is_the_papers_order_and_fits_the_carry():
     units, refused = paper_plan()
     labels = [u.label for u in units]
@@ -84,9 +89,7 @@ def test_windows_on_fresh_machines_end_where_one_uninterrupted_campaign_ends(tmp
         assert [r["iteration"] for r in b if "test_top1_error" in r] == list(
             range(1, ITERATIONS + 1)
         )  # none lost, none twice
-        keys = ("train_loss", "train_error", "test_loss", "test_top1_error")
-        pick = lambda records: [r[k] for r in records if "test_top1_error" in r for k in keys]  # noqa: E731
-        assert pick(a) == pytest.approx(pick(b), rel=1e-5, abs=1e-6)
+        assert _values(a) == pytest.approx(_values(b), rel=1e-5, abs=1e-6)
     index = json.loads((root / "weights" / "index.json").read_text())
     assert sorted(index) == ["plain20", "resnet20"]
     assert index["resnet20"]["iterations"] == ITERATIONS and 0 <= index["resnet20"]["test_top1_error"] <= 1
