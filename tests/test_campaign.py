@@ -116,3 +116,38 @@ def test_campaign_command_status_and_errors(tmp_path, cifar, capsys):
     assert (tmp_path / "w" / "cifar10-resnet20.safetensors").is_file()
     assert (tmp_path / "carry" / "records" / "cifar10-resnet20-it2-seed0" / "metrics.jsonl").is_file()
     assert not list((tmp_path / "carry").glob("checkpoints/*.pt"))
+
+
+def test_the_results_section_is_drawn_from_the_campaigns_records(tmp_path, cifar, monkeypatch):
+    import importlib.util
+
+    carry, weights = tmp_path / "carry", tmp_path / "weights"
+    Campaign(
+        tmp_path / "runs", carry, weights, iterations=2, data_dir=cifar, seeds=1, nets=["plain20", "resnet20"]
+    ).run(120)
+    spec = importlib.util.spec_from_file_location(
+        "full_schedule", Path(__file__).parents[1] / "scripts" / "full_schedule.py"
+    )
+    full_schedule = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_schedule)
+    monkeypatch.setattr(full_schedule, "ITERATIONS", 2)
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text("# Results\n\n## Redraw from the records\n")
+    monkeypatch.setattr("sys.argv", ["full_schedule.py", "--carry", str(carry), "--weights", str(weights), "--page", str(page), "--figures", str(tmp_path / "docs" / "full")])  # fmt: skip
+    full_schedule.main()
+    text = page.read_text()
+    assert text.index(full_schedule.BEGIN) < text.index("## Redraw from the records")
+    assert "**Done so far: 1 of 25 Table 6 runs**, 2 runs in all." in text
+    assert "| resnet20 |" in text and "### Fig. 6" in text and "### Fig. 7" in text
+    assert (tmp_path / "docs" / "full" / "fig6.png").is_file() and (tmp_path / "docs" / "full" / "table6.md").is_file()
+    full_schedule.main()  # drawn again: the section replaced, not added twice
+    assert page.read_text().count(full_schedule.BEGIN) == 1
+    # Fig. 7 from the exported (BN folded) network is Fig. 7 from its checkpoint
+    from resnetlab.experiments import responses
+
+    common = dict(iterations=2, nets=["resnet20", "plain20"], data_dir=cifar)
+    eager = responses(tmp_path / "runs", tmp_path / "eager", **common)
+    folded = responses(tmp_path / "runs", tmp_path / "folded", weights=weights, **common)
+    for net in common["nets"]:
+        assert folded["stds"][net] == pytest.approx(eager["stds"][net], rel=1e-4)

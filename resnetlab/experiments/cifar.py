@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from .. import data as rdata
-from ..checkpoint import load_checkpoint, model_from_checkpoint
+from ..checkpoint import load_checkpoint
 from ..config import RunConfig, apply_overrides, config_from_dict
+from ..deploy.bundle import read_bundle
 from ..engine import scale_milestones, train
 from ..engine.packed import train_packed
 from ..engine.rundir import RunRecord, read_record
@@ -242,14 +243,22 @@ def responses(
     bn_mode: str = "eval",
     std_over: str = "all",
     device: str = "cpu",
+    weights: Path | None = None,
 ) -> dict[str, Any]:
-    """Fig. 7 from the last checkpoints of the runs under ``root``; returns the stds and the paper's claims."""
+    """Fig. 7 from the last checkpoints of the runs under ``root``, or from the exported networks
+    ``weights/cifar10-<net>.safetensors`` (BN folded: each BN's eval-mode output is its folded convolution's,
+    so ``bn_mode="eval"`` only); returns the stds and the paper's claims."""
     dev = torch.device(device)
+    if weights is not None and bn_mode != "eval":
+        raise UserError("exported networks have their BN folded: their responses are BN's eval mode only")
     stds: dict[str, list[float]] = {}
     for net in nets:
-        checkpoint = root / run_name(f"cifar10-{net}", iterations, seed) / "checkpoints" / "last.pt"
-        model, record = model_from_checkpoint(checkpoint)
-        model = model.to(dev)
+        if weights is not None:
+            checkpoint = Path(weights) / f"cifar10-{net}.safetensors"
+        else:
+            checkpoint = root / run_name(f"cifar10-{net}", iterations, seed) / "checkpoints" / "last.pt"
+        bundle = read_bundle(checkpoint)
+        model, record = bundle.model.to(dev), bundle.record
         dataset = rdata.load_dataset(
             record.dataset, data_dir or record.data["data_dir"], val_size=record.data["val_split"]
         )

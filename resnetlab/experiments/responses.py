@@ -74,9 +74,11 @@ def layer_response_stds(
     was_training = model.training
     model.train(bn_mode == "train")
     # Batch statistics (train mode) must not change the trained running statistics: momentum 0, and the
-    # batch counter put back afterwards.
-    saved = [(bn.momentum, bn.num_batches_tracked.clone()) for _, bn in layers]
-    for _, bn in layers:
+    # batch counter put back afterwards. (An exported network's BN is folded into its convolution: an
+    # Identity, whose output is the folded convolution's, i.e. BN's eval-mode output.)
+    norms = [bn for _, bn in layers if isinstance(bn, nn.BatchNorm2d)]
+    saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in norms]
+    for bn in norms:
         bn.momentum = 0.0
     try:
         for images, _ in batches:
@@ -84,7 +86,7 @@ def layer_response_stds(
     finally:
         for hook in hooks:
             hook.remove()
-        for (_, bn), (momentum, tracked) in zip(layers, saved):
+        for bn, (momentum, tracked) in zip(norms, saved):
             bn.momentum = momentum
             bn.num_batches_tracked.copy_(tracked)
         model.train(was_training)

@@ -1,0 +1,134 @@
+"""Redraw the results page's section "The full schedule" from the campaign's records (``campaign/records``)
+and its exported networks (``weights/``), with the existing experiment commands' functions:
+
+- Table 6 from the finished 64k runs (n of 25, mean +- std, best, the paper's column): ``table6_report``;
+- Fig. 6 (and Fig. 1) from the 64k records, drawn as they are: ``degradation(..., train_missing=False)``;
+- Fig. 7 from the seed-0 networks in ``weights/`` (needs CIFAR-10's test set: $RESNETLAB_DATA): ``responses``;
+- what the campaign has done and what is pending, at the measured speed: ``Campaign.status``.
+
+Nothing is typed in and nothing is selected on the test set. The section sits between two markers in the page
+(added before "## Redraw from the records" the first time).
+
+    python scripts/full_schedule.py --carry campaign --weights weights --page docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from resnetlab.errors import UserError
+from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, table6_report
+from resnetlab.experiments.campaign import Campaign, format_status
+
+BEGIN = "<!-- full-schedule:begin (scripts/full_schedule.py draws this section; do not edit by hand) -->"
+END = "<!-- full-schedule:end -->"
+ITERATIONS = 64000
+TABLE6_RUNS = 25  # ResNet-20, 32, 44, 56, 110 x 5 seeds
+FIG6_NETS = [*DEGRADATION_NETS, "plain110"]
+
+
+def _quiet(call, *args, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return call(*args, **kwargs)
+
+
+def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
+    records = carry / "records"
+    campaign = Campaign(records, carry, weights)  # the records stand in for the run directories
+    status = campaign.status()
+    finished = [p.parent.name for p in sorted(records.glob("*/metrics.jsonl")) if campaign_done(p.parent)]
+    table6_done = [n for n in finished if n.startswith("cifar10-resnet") and "resnet1202" not in n]
+    rel = lambda p: os.path.relpath(p, page.parent)  # noqa: E731
+    lines = [
+        BEGIN,
+        "## The full schedule (64,000 iterations, in GPU windows)",
+        "",
+        "The paper's recipe at its full length, worked through by `resnetlab experiment campaign` in short GPU "
+        "windows (`scripts/gpu_campaign.sh`, docs/training.md): seed 0 of every Fig. 6 network first, then "
+        "ResNet-110, then seeds 1-4 of ResNet-20 to 110 packed, then plain-110. The records are in "
+        f"[`campaign/records/`]({rel(records)}), the finished seed-0 networks in [`weights/`]({rel(weights)}).",
+        "",
+        f"**Done so far: {len(table6_done)} of {TABLE6_RUNS} Table 6 runs**, {len(finished)} runs in all.",
+        "",
+    ]
+    try:
+        markdown, _ = _quiet(table6_report, records, figures, ITERATIONS)
+        lines += ["### Table 6 (finished 64k runs)", "", markdown, ""]
+    except UserError:
+        lines += ["Table 6: no 64k run has finished yet.", ""]
+    try:
+        nets = [n for n in FIG6_NETS if (records / f"cifar10-{n}-it{ITERATIONS}-seed0" / "metrics.jsonl").is_file()]
+        if nets:
+            paths = _quiet(degradation, nets, [0], ITERATIONS, records, figures, None, train_missing=False)
+            png = next(p for p in paths if str(p).endswith("fig6.png"))
+            lines += ["### Fig. 6 (seed 0, as far as each run has got)", "", f"![Fig. 6 at 64k]({rel(png)})", ""]
+        else:
+            lines += ["Fig. 6: no 64k record yet.", ""]
+    except UserError as err:
+        lines += [f"Fig. 6: not drawn ({err}).", ""]
+    shipped = [n for n in RESPONSE_NETS if (weights / f"cifar10-{n}.safetensors").is_file()]
+    if shipped:
+        try:
+            summary = _quiet(responses, records, figures, iterations=ITERATIONS, nets=shipped, weights=weights)
+            png = next(p for p in summary["figures"] if p.endswith(".png"))
+            claims = "; ".join(f"{c}: {'holds' if ok else 'does not hold'}" for c, ok in summary["claims"].items())
+            lines += ["### Fig. 7 (seed-0 networks)", "", f"![Fig. 7 at 64k]({rel(png)})", "", claims or "", ""]
+        except UserError as err:
+            lines += [f"Fig. 7: not drawn here ({err}).", ""]
+    else:
+        lines += ["Fig. 7: waits for the seed-0 networks of plain-20/56 and ResNet-20/56/110.", ""]
+    index_path = weights / "index.json"
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        lines += [
+            "### The project's CIFAR-10 weights",
+            "",
+            "| network | test error (final iteration) | file | sha256 |",
+            "|---|---|---|---|",
+        ]
+        for net, entry in index.items():
+            lines.append(
+                f"| {net} | {100 * entry['test_top1_error']:.2f} % | `weights/{entry['file']}` | `{entry['sha256'][:12]}` |"
+            )
+        lines += ["", "Load one with `torch.hub.load(REPO, 'resnet20', weights='cifar10')` (hubconf.py).", ""]
+    lines += ["### What is done and what is pending", "", "```", format_status(status), "```", "", END]
+    return "\n".join(lines)
+
+
+def campaign_done(path: Path) -> bool:
+    from resnetlab.engine.rundir import read_record
+
+    return (path / "config.json").is_file() and read_record(path).finished
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--carry", default="campaign", type=Path)
+    parser.add_argument("--weights", default="weights", type=Path)
+    parser.add_argument("--page", default="docs/results.md", type=Path)
+    parser.add_argument("--figures", default="docs/results/full", type=Path)
+    args = parser.parse_args()
+    try:
+        text = section(args.carry, args.weights, args.figures, args.page)
+    except UserError as err:
+        print(f"full_schedule: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    page = args.page.read_text()
+    if BEGIN in page and END in page:
+        page = page[: page.index(BEGIN)] + text + page[page.index(END) + len(END) :]
+    else:
+        anchor = "## Redraw from the records"
+        at = page.index(anchor) if anchor in page else len(page)
+        page = page[:at] + text + "\n\n" + page[at:]
+    args.page.write_text(page)
+    print(f"full_schedule: redrew the section in {args.page}")
+
+
+if __name__ == "__main__":
+    main()
