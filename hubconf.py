@@ -13,8 +13,9 @@ Each entry takes ``create_model``'s options as keyword arguments and ``weights=`
   v1.5 network (option B, stride on the 3x3): ``stride_in_1x1`` is then False unless you pass True, which
   is refused (the same weights would load into the paper's v1 network but compute something else);
 - a name, ``weights="cifar10"``: the file ``weights/cifar10-<network>.safetensors`` beside this file (the
-  folder ``$RESNETLAB_WEIGHTS`` instead, when set). The repository ships none yet; the project's own
-  CIFAR-10 weights will come there, and then load by name with no change here.
+  folder ``$RESNETLAB_WEIGHTS`` instead, when set): the project's own CIFAR-10 networks, written there by
+  ``resnetlab experiment campaign`` as each seed-0 network finishes its 64k iterations, with its final test
+  error in ``weights/index.json``.
 
 A network loaded from a file is returned in training mode, as ``create_model`` returns one: call
 ``.eval()`` for inference. An export's network has its BatchNorm folded into the convolutions.
@@ -57,9 +58,9 @@ def _shipped_weights(tag: str, name: str) -> pathlib.Path:
     if not shipped:
         raise _UserError(
             f"no weights named {tag!r} for {name}: resnetlab ships none yet ({folder} holds no "
-            "DATASET-NETWORK.safetensors). The project's own CIFAR-10 weights will come in the repository as "
-            "weights/cifar10-<network>.safetensors and then load with weights='cifar10'; until then pass "
-            "weights= a local .safetensors export, .pt checkpoint or torchvision .pth"
+            "DATASET-NETWORK.safetensors). The project's own CIFAR-10 weights come into the repository as "
+            "weights/cifar10-<network>.safetensors as the GPU campaign (resnetlab experiment campaign) finishes "
+            "them; until then pass weights= a local .safetensors export, .pt checkpoint or torchvision .pth"
         )
     have = "; ".join(f"{dataset} for {', '.join(nets)}" for dataset, nets in shipped.items())
     raise _UserError(f"no weights named {tag!r} for {name} (no {path}); {folder} has: {have}")
