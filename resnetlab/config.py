@@ -230,8 +230,9 @@ class TrainConfig:
     full runs yet)."""
     cuda_graph: Literal["auto", "on", "off"] = "auto"
     """Packed and in-memory single runs on CUDA: replay the whole step as one CUDA graph (auto: on CUDA)."""
-    packing: Literal["grouped", "branches"] = "grouped"
-    """How --seeds packs K networks: one network with groups=K convolutions, or K branches side by side."""
+    packing: Literal["auto", "grouped", "branches"] = "auto"
+    """How --seeds packs K networks: one network with groups=K convolutions, or K branches side by side
+    (auto: grouped on CUDA; branches on the CPU, measured 1.5x faster there than grouped)."""
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False

@@ -158,11 +158,11 @@ def test_a_networks_seeds_train_packed_and_are_reused(tmp_path, cifar, capsys):
 
     configs = [experiment_config("resnet20", 2, seed, cifar) for seed in (0, 1)]
     paths = [tmp_path / run_name(c.preset, 2, c.train.seed) for c in configs]
-    assert ensure_runs(configs, paths, progress=False)
+    assert ensure_runs(configs, paths, progress=False, pack=True)
     assert "(2 packed)" in capsys.readouterr().out
     for config, path in zip(configs, paths):
         record = json.loads((path / "metrics.jsonl").read_text().splitlines()[-1])
         assert record["packed"] == 2 and record["iteration"] == 2
         assert json.loads((path / "config.json").read_text())["train"]["seed"] == config.train.seed
-    assert ensure_runs(configs, paths, progress=False)  # finished: reused, nothing trained
+    assert ensure_runs(configs, paths, progress=False, pack=True)  # finished: reused, nothing trained
     assert capsys.readouterr().out.count("reusing") == 2

@@ -128,8 +128,8 @@ def _logit_gap(a: Path, b: Path, batch: torch.Tensor) -> float:
     return ((la - lb).abs().max() / lb.abs().max()).item()
 
 
-@pytest.mark.parametrize("steps", [1, 2, 30])
-def test_packed_seeds_train_as_single_runs(data_dir, tmp_path, steps):
+@pytest.mark.parametrize(("steps", "layout"), [(1, "grouped"), (2, "grouped"), (2, "branches"), (30, "grouped")])
+def test_packed_seeds_train_as_single_runs(data_dir, tmp_path, steps, layout):
     """K=3 packed against 3 single runs: the same data order (the loader states agree), and the logits on a
     fixed batch within the spread float32 rounding alone causes. One step checks the data, initialisation,
     lr and weight decay of each network, two its momentum, thirty the lr drops; lr 0.02, because at 0.1 this
@@ -139,6 +139,7 @@ def test_packed_seeds_train_as_single_runs(data_dir, tmp_path, steps):
         data_dir,
         "model.name=resnet20",
         "optim.lr=0.02",
+        f"train.packing={layout}",
         f"train.iterations={steps}",
         f"train.eval_every={steps}",
         f"train.checkpoint_every={steps}",

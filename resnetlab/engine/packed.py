@@ -162,7 +162,8 @@ class _PackedLoop(_Loop):
         if tc.cuda_graph == "on" and device.type != "cuda":
             raise UserError("train.cuda_graph=on needs a CUDA device")
         template = states[0].model
-        self.packed = PackedNetworks(template, self.k, tc.packing, tc.channels_last).to(device)
+        layout = tc.packing if tc.packing != "auto" else "grouped" if device.type == "cuda" else "branches"
+        self.packed = PackedNetworks(template, self.k, layout, tc.channels_last).to(device)
         if tc.channels_last:
             self.packed = self.packed.to(memory_format=torch.channels_last)
         self.packed.load_members([s.model.state_dict() for s in states])
@@ -342,7 +343,7 @@ class _PackedLoop(_Loop):
         else:
             how = "graphed" if self.fused.use_graph else "eager"
             self.bar.write(
-                f"training {self.config.model.name} x {self.k} seeds ({seeds}) packed ({tc.packing}, {how}) on "
+                f"training {self.config.model.name} x {self.k} seeds ({seeds}) packed ({self.packed.layout}, {how}) on "
                 f"{data.name} ({data.num_train} images) for {tc.iterations} iterations of batch "
                 f"{self.config.optim.batch_size} each on {self.device}"
             )

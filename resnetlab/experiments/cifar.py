@@ -24,6 +24,7 @@ from ..engine.packed import train_packed
 from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..presets import get_preset
+from ..runtime import resolve_device
 from .figures import plot_fig1, plot_fig6, plot_fig7
 from .responses import layer_response_stds
 from .table6 import format_table6, table6, write_table6_csv
@@ -130,12 +131,19 @@ def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> R
 
 
 def ensure_runs(
-    configs: list[RunConfig], paths: list[Path], progress: bool | None = None, deadline: float | None = None
+    configs: list[RunConfig],
+    paths: list[Path],
+    progress: bool | None = None,
+    deadline: float | None = None,
+    pack: bool | None = None,
 ) -> bool:
-    """``ensure_run`` for the seeds of one network (``configs`` differ in ``train.seed`` only): the runs still
-    to train go packed into one network (``train_packed``), those that start from the same checkpoint
-    iteration together. Returns False if ``deadline`` stopped them (every run checkpointed), True once all
-    are finished."""
+    """``ensure_run`` for the seeds of one network (``configs`` differ in ``train.seed`` only): on a GPU
+    (``pack`` None) or with ``pack``, the runs still to train go packed into one network (``train_packed``),
+    those that start from the same checkpoint iteration together; on the CPU one after another (packing
+    hides kernel launches, which a CPU does not have: there it is slower, docs/training.md). Returns False
+    if ``deadline`` stopped them (every run checkpointed), True once all are finished."""
+    if pack is None:
+        pack = bool(configs) and resolve_device(configs[0].train.device).type == "cuda"
     todo = []
     for config, path in zip(configs, paths):
         if finished_run(config, path) is not None:
@@ -146,7 +154,7 @@ def ensure_runs(
     for config, path in todo:
         groups.setdefault(checkpoint_iteration(path), []).append((config, path))
     for start, group in groups.items():
-        members = [[item] for item in group] if start is None else [group]  # an unreadable one: on its own
+        members = [[item] for item in group] if start is None or not pack else [group]  # unreadable: alone
         for member in members:
             seeds, outs = [c.train.seed for c, _ in member], [p for _, p in member]
             names = ", ".join(str(p) for p in outs)
