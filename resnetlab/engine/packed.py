@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -348,16 +347,8 @@ class _PackedLoop(_Loop):
                 f"{self.config.optim.batch_size} each on {self.device}"
             )
 
-    def stopped(self) -> dict[str, Any]:
-        self.save()
-        self.bar.close()
-        why = self.signal or "the time budget"
-        print(
-            f"stopped by {why} at iteration {self.state.iteration}; saved {len(self.runs)} runs. Continue with "
-            f"the same command and --resume auto",
-            file=sys.stderr,
-        )
-        return {"stopped": True, "iteration": self.state.iteration}
+    def saved_where(self) -> str:
+        return f"saved {len(self.runs)} runs. Continue with the same command and --resume auto"
 
     def finished(self) -> dict[str, Any]:
         from .plot import plot_runs

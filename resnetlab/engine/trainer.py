@@ -476,13 +476,12 @@ class _Loop:
         self.save()
         self.bar.close()
         if self.main:
-            why = "the time budget" if self.signal is None and self.clock.out_of_time() else self.signal
-            print(
-                f"stopped by {why or 'another rank'} at iteration {self.state.iteration}; saved "
-                f"{self.run_dir.last}. Continue with: resnetlab train ... --out {self.run_dir.path} --resume auto",
-                file=sys.stderr,
-            )
+            why = self.signal or ("the time budget" if self.clock.out_of_time() else "another rank")
+            print(f"stopped by {why} at iteration {self.state.iteration}; {self.saved_where()}", file=sys.stderr)
         return {"stopped": True, "iteration": self.state.iteration}
+
+    def saved_where(self) -> str:
+        return f"saved {self.run_dir.last}. Continue with: resnetlab train ... --out {self.run_dir.path} --resume auto"
 
     def finished(self) -> dict[str, Any]:
         self.bar.close()
