@@ -273,3 +273,12 @@ def test_cli_train_seeds_writes_one_run_per_seed(data_dir, tmp_path, capsys):
         assert (out / f"seed{seed}" / "checkpoints" / "last.pt").is_file()
     assert main([*argv, *sets, "--seeds", "0", "0", "--out", str(out / "again")]) == 2
     assert "twice" in capsys.readouterr().err
+    # a packed seed's checkpoint is an ordinary one: eval and export read it as a single run's
+    checkpoint = str(out / "seed1" / "checkpoints" / "last.pt")
+    assert main(["eval", "--checkpoint", checkpoint, "--runtime", "torch", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            ["export", "--checkpoint", checkpoint, "--format", "safetensors", "--out", str(tmp_path / "s1.safetensors")]
+        )
+        == 0
+    )
