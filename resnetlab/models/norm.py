@@ -29,11 +29,13 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if n % self.group_size:
             raise ValueError(f"batch of {n} does not split into BN groups of {self.group_size}")
-        groups = x.reshape(n // self.group_size, self.group_size, *x.shape[1:])  # (G, n/G, C, H, W)
+        # Statistics in float32 whatever the input's precision (under bf16 autocast the convolutions' outputs
+        # are bf16; nn.BatchNorm2d normalises them in float32 too).
+        groups = x.float().reshape(n // self.group_size, self.group_size, *x.shape[1:])  # (G, n/G, C, H, W)
         mean = groups.mean(dim=(1, 3, 4), keepdim=True)  # (G, 1, C, 1, 1)
         var = groups.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
         out = (groups - mean) * torch.rsqrt(var + self.eps)
-        out = out.reshape_as(x) * self.weight[:, None, None] + self.bias[:, None, None]
+        out = (out.reshape(x.shape) * self.weight[:, None, None] + self.bias[:, None, None]).to(x.dtype)
         if self.track_running_stats:
             with torch.no_grad():
                 count = groups[0].numel() / groups.shape[2]  # values per channel in one group
