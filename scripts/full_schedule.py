@@ -72,7 +72,13 @@ def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
             lines += ["Fig. 6: no 64k record yet.", ""]
     except UserError as err:
         lines += [f"Fig. 6: not drawn ({err}).", ""]
-    shipped = [n for n in RESPONSE_NETS if (weights / f"cifar10-{n}.safetensors").is_file()]
+    index_path = weights / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    shipped = [  # Fig. 7 at the full schedule: the networks that finished it
+        n
+        for n in RESPONSE_NETS
+        if (weights / f"cifar10-{n}.safetensors").is_file() and index.get(n, {}).get("iterations") == ITERATIONS
+    ]
     if shipped:
         try:
             summary = _quiet(responses, records, figures, iterations=ITERATIONS, nets=shipped, weights=weights)
@@ -83,18 +89,17 @@ def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
             lines += [f"Fig. 7: not drawn here ({err}).", ""]
     else:
         lines += ["Fig. 7: waits for the seed-0 networks of plain-20/56 and ResNet-20/56/110.", ""]
-    index_path = weights / "index.json"
-    if index_path.is_file():
-        index = json.loads(index_path.read_text())
+    if index:
         lines += [
             "### The project's CIFAR-10 weights",
             "",
-            "| network | test error (final iteration) | file | sha256 |",
-            "|---|---|---|---|",
+            "| network | iterations | test error (final iteration) | file | sha256 |",
+            "|---|---|---|---|---|",
         ]
         for net, entry in index.items():
             lines.append(
-                f"| {net} | {100 * entry['test_top1_error']:.2f} % | `weights/{entry['file']}` | `{entry['sha256'][:12]}` |"
+                f"| {net} | {entry['iterations']:,} | {100 * entry['test_top1_error']:.2f} % | "
+                f"`weights/{entry['file']}` | `{entry['sha256'][:12]}` |"
             )
         lines += ["", "Load one with `torch.hub.load(REPO, 'resnet20', weights='cifar10')` (hubconf.py).", ""]
     lines += ["### What is done and what is pending", "", "```", format_status(status), "```", "", END]
