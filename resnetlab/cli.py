@@ -427,7 +427,8 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         type=int,
         nargs="+",
         default=[0],
-        help="seeds to train (degradation; on a GPU each network's seeds packed into one run); the seed to read (responses)",
+        help="seeds to train (degradation; on a GPU each network's seeds packed into one run); "
+        "the seed to read (responses)",
     )
     p.add_argument("--budget", type=float, metavar="SECONDS", help="campaign: stop, checkpointed, before this")
     p.add_argument(
