@@ -227,6 +227,7 @@ class _PackedLoop(_Loop):
         self.fused()
         s.iteration += 1
         self.steps_since_log += 1
+        self.clock.queued = self.steps_since_log  # launched since the last sync: the device may still owe them
         warming = [k for k, state in enumerate(self.states) if state.schedule.in_warmup]
         if warming:
             mistakes = self.fused.last_mistakes()  # the warm-up switch needs this step's training error now
@@ -241,6 +242,8 @@ class _PackedLoop(_Loop):
     def log(self, lr: float) -> None:
         stats = self.fused.take_stats()  # the one host sync of the interval
         now = time.perf_counter()
+        self.clock.step_floor = (now - self.log_tick) / max(self.steps_since_log, 1)
+        self.clock.queued = 0
         for k, state in enumerate(self.states):
             loss_sum, mistakes, images = stats[k].tolist()
             state.window.add_sums(loss_sum, mistakes, images, self.steps_since_log)

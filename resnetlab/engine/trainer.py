@@ -297,6 +297,8 @@ class Deadline:
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
         self.step_s, self.save_s = 0.0, 1.0
+        self.step_floor = 0.0  # a step's device time, measured between two host syncs (the fused step's logs)
+        self.queued = 0  # steps the host has launched and the device may not have run yet
 
     def step_done(self, seconds: float) -> None:
         self.step_s = max(seconds, 0.5 * self.step_s)  # an evaluation or a save inside the step counts too
@@ -307,7 +309,8 @@ class Deadline:
     def out_of_time(self) -> bool:
         if self.deadline is None:
             return False
-        return time.monotonic() + 2 * self.step_s + 1.5 * self.save_s >= self.deadline
+        step = max(self.step_s, self.step_floor)
+        return time.monotonic() + (2 + self.queued) * step + 1.5 * self.save_s >= self.deadline
 
 
 class _Loop:
