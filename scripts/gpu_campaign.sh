@@ -66,7 +66,7 @@ step "install resnetlab (no index: the machine reaches nothing; torch, torchvisi
 }
 "$PY" -c "import resnetlab; print('resnetlab', resnetlab.__version__)" || exit 1
 export RESNETLAB_DATA="${RESNETLAB_DATA:-$PWD/.gpu/data}" RESNETLAB_CACHE="${RESNETLAB_CACHE:-/tmp/resnetlab-cache}"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=15  # progress bars into a log file: a line every 15 s, not hundreds
 
 step "CUDA tests"
 timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py || echo "gpu_campaign: CUDA TESTS FAILED (the campaign still runs; read the log)"
