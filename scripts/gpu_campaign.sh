@@ -80,7 +80,10 @@ timeout 120 "$PY" -m resnetlab data cifar10 --no-download || { echo "gpu_campaig
 budget=$(( TOTAL - $(elapsed) - 45 ))
 step "campaign, ${budget} s"
 if [ "$budget" -gt 60 ]; then
-    "$PY" -m resnetlab experiment campaign --budget "$budget" --runs /tmp/campaign-runs --carry campaign --weights weights
+    # Past its budget by 15 s (it should never be), SIGTERM: the trainer finishes the step, saves, and the
+    # campaign carries its runs; 30 s later a kill. Each finished unit is carried as it finishes.
+    timeout --signal=TERM --kill-after=30 $(( budget + 15 )) \
+        "$PY" -m resnetlab experiment campaign --budget "$budget" --runs /tmp/campaign-runs --carry campaign --weights weights
 else
     echo "gpu_campaign: only ${budget} s left; no campaign this window"
 fi

@@ -166,3 +166,37 @@ def test_a_networks_seeds_train_packed_and_are_reused(tmp_path, cifar, capsys):
         assert json.loads((path / "config.json").read_text())["train"]["seed"] == config.train.seed
     assert ensure_runs(configs, paths, progress=False, pack=True)  # finished: reused, nothing trained
     assert capsys.readouterr().out.count("reusing") == 2
+
+
+def test_a_window_ended_by_sigterm_carries_its_runs(tmp_path, cifar, monkeypatch):
+    """gpu_campaign.sh's timeout sends SIGTERM if a campaign ever overruns: the step finishes, the run is saved
+    and carried, and the next window (a bare machine) goes on from there."""
+    import os
+    import signal
+
+    import resnetlab.engine.trainer as trainer
+
+    real, calls = trainer.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    nets = ["resnet20"]
+    first = Campaign(
+        tmp_path / "m1", tmp_path / "carry", tmp_path / "w", iterations=6, data_dir=cifar, seeds=1, nets=nets
+    )
+    status = first.run(budget=300)
+    assert status["stopped"] and status["units"][0]["done"] == [3]
+    assert (tmp_path / "carry" / "checkpoints" / "cifar10-resnet20-it6-seed0.pt").is_file()
+    monkeypatch.setattr(trainer, "train_step", real)
+    second = Campaign(
+        tmp_path / "m2", tmp_path / "carry", tmp_path / "w", iterations=6, data_dir=cifar, seeds=1, nets=nets
+    )
+    assert not second.run(budget=300)["stopped"]
+    records = (tmp_path / "carry" / "records" / "cifar10-resnet20-it6-seed0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in records if "test_top1_error" in line] == [1, 2, 3, 4, 5, 6]
+    assert not list((tmp_path / "carry").glob("checkpoints/*.pt"))

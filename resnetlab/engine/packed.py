@@ -349,6 +349,11 @@ class _PackedLoop(_Loop):
                 f"{data.name} ({data.num_train} images) for {tc.iterations} iterations of batch "
                 f"{self.config.optim.batch_size} each on {self.device}"
             )
+            if self.device.type == "cpu" and self.k > 1:
+                self.bar.write(
+                    "note: on the CPU packed seeds train slower than one after another (no kernel launches to "
+                    "hide; docs/training.md); --seeds pays on a GPU"
+                )
 
     def saved_where(self) -> str:
         return f"saved {len(self.runs)} runs. Continue with the same command and --resume auto"

@@ -243,6 +243,7 @@ class Campaign:
                 if not ensure_runs(configs, paths, progress=progress, deadline=deadline):
                     stopped = True
                     break
+                self.sync()  # each finished unit carried at once: a window killed later loses none of it
         finally:
             self.sync()
         after = _folder_bytes(self.carry) + _folder_bytes(self.weights)
