@@ -24,6 +24,7 @@ from resnetlab.data import InMemoryLoader, synthetic_dataset
 from resnetlab.engine import train
 from resnetlab.engine.fused import FusedStep
 from resnetlab.engine.packed import train_packed
+from resnetlab.engine.trainer import Deadline
 from resnetlab.errors import UserError
 from resnetlab.models import create_model
 from resnetlab.models.norm import group_batchnorm
@@ -231,18 +232,46 @@ def test_packed_resume_is_exact_and_a_seed_resumes_alone(data_dir, tmp_path, mon
     assert load_checkpoint(out / "checkpoints/last.pt")["iteration"] == 24
 
 
-def test_packed_runs_stop_before_a_deadline_and_resume(data_dir, tmp_path):
-    config = tiny_config(data_dir, "train.iterations=400", "train.eval_every=400", "train.checkpoint_every=400")
+def test_the_deadline_stops_while_a_step_and_a_save_still_fit():
+    clock = [90.0]
+    deadline = Deadline(100.0, clock=lambda: clock[0])
+    deadline.step_done(2.0)
+    deadline.saved(3.0)
+    assert not deadline.out_of_time()  # 90 + 2 x 2 + 1.5 x 3 = 98.5 < 100
+    clock[0] = 91.5
+    assert deadline.out_of_time()  # 100: no room for two more steps and a save
+    clock[0] = 80.0
+    deadline.queued = 5  # five steps launched on a GPU and not yet run: owed too
+    assert not deadline.out_of_time()  # 80 + 7 x 2 + 4.5 = 98.5
+    deadline.step_floor = 2.5
+    assert deadline.out_of_time()  # 80 + 7 x 2.5 + 4.5 = 102
+    assert not Deadline(None).out_of_time()
+
+
+def stop_after(monkeypatch, steps: int) -> None:
+    """Make a run with a deadline run out of time after every ``steps`` steps (instead of on the clock)."""
+    calls = {"n": 0}
+
+    def out_of_time(self) -> bool:
+        if self.deadline is None:
+            return False
+        calls["n"] += 1
+        return calls["n"] % steps == 0
+
+    monkeypatch.setattr(Deadline, "out_of_time", out_of_time)
+
+
+def test_packed_runs_stop_at_a_deadline_and_resume(data_dir, tmp_path, monkeypatch):
+    config = tiny_config(data_dir, "train.iterations=40", "train.eval_every=40", "train.checkpoint_every=40")
     outs = [tmp_path / f"seed{s}" for s in SEEDS[:2]]
-    started = time.monotonic()
-    results = train_packed(config, SEEDS[:2], outs, progress=False, deadline=started + 1.5)
-    assert time.monotonic() < started + 1.5 + 0.5
-    assert results[0]["stopped"]
-    reached = [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in outs]
-    assert reached[0] == reached[1] and 0 < reached[0] < 400
-    short = apply_overrides(copy.deepcopy(config), [f"train.iterations={reached[0] + 4}"])
+    stop_after(monkeypatch, 7)
+    results = train_packed(config, SEEDS[:2], outs, progress=False, deadline=time.monotonic() + 3600)
+    assert results[0]["stopped"] and results[0]["iteration"] == 7
+    assert [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in outs] == [7, 7]
+    monkeypatch.undo()
+    short = apply_overrides(copy.deepcopy(config), ["train.iterations=11"])
     train_packed(short, SEEDS[:2], outs, resume="auto", progress=False)
-    assert [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in outs] == [reached[0] + 4] * 2
+    assert [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in outs] == [11, 11]
 
 
 def test_packed_refusals(data_dir, tmp_path):

@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,8 +295,8 @@ class Deadline:
     stops once the time left would not cover the next step, an evaluation and a checkpoint at their
     measured durations, with a margin: a budget is never overrun by a save."""
 
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.deadline, self.clock = deadline, clock
         self.step_s, self.save_s = 0.0, 1.0
         self.step_floor = 0.0  # a step's device time, measured between two host syncs (the fused step's logs)
         self.queued = 0  # steps the host has launched and the device may not have run yet
@@ -310,7 +311,7 @@ class Deadline:
         if self.deadline is None:
             return False
         step = max(self.step_s, self.step_floor)
-        return time.monotonic() + (2 + self.queued) * step + 1.5 * self.save_s >= self.deadline
+        return self.clock() + (2 + self.queued) * step + 1.5 * self.save_s >= self.deadline
 
 
 class _Loop:
