@@ -24,7 +24,7 @@ from pathlib import Path
 
 from resnetlab.errors import UserError
 from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, table6_report
-from resnetlab.experiments.campaign import Campaign, format_status
+from resnetlab.experiments.campaign import Campaign, finished, format_status
 
 BEGIN = "<!-- full-schedule:begin (scripts/full_schedule.py draws this section; do not edit by hand) -->"
 END = "<!-- full-schedule:end -->"
@@ -42,8 +42,8 @@ def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
     records = carry / "records"
     campaign = Campaign(records, carry, weights)  # the records stand in for the run directories
     status = campaign.status()
-    finished = [p.parent.name for p in sorted(records.glob("*/metrics.jsonl")) if campaign_done(p.parent)]
-    table6_done = [n for n in finished if n.startswith("cifar10-resnet") and "resnet1202" not in n]
+    done = [p.parent.name for p in sorted(records.glob("*/metrics.jsonl")) if finished(p.parent)]
+    table6_done = [n for n in done if n.startswith("cifar10-resnet") and "resnet1202" not in n]
     rel = lambda p: os.path.relpath(p, page.parent)  # noqa: E731
     lines = [
         BEGIN,
@@ -54,7 +54,7 @@ def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
         "ResNet-110, then seeds 1-4 of ResNet-20 to 110 packed, then plain-110. The records are in "
         f"[`campaign/records/`]({rel(records)}), the finished seed-0 networks in [`weights/`]({rel(weights)}).",
         "",
-        f"**Done so far: {len(table6_done)} of {TABLE6_RUNS} Table 6 runs**, {len(finished)} runs in all.",
+        f"**Done so far: {len(table6_done)} of {TABLE6_RUNS} Table 6 runs**, {len(done)} runs in all.",
         "",
     ]
     try:
@@ -104,12 +104,6 @@ def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
         lines += ["", "Load one with `torch.hub.load(REPO, 'resnet20', weights='cifar10')` (hubconf.py).", ""]
     lines += ["### What is done and what is pending", "", "```", format_status(status), "```", "", END]
     return "\n".join(lines)
-
-
-def campaign_done(path: Path) -> bool:
-    from resnetlab.engine.rundir import read_record
-
-    return (path / "config.json").is_file() and read_record(path).finished
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..evaluation.metrics import Tally
 
-__all__ = ["autocast", "train_step", "evaluate"]
+__all__ = ["autocast", "train_step", "evaluate", "tally_record"]
 
 
 def autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -66,6 +66,11 @@ def evaluate(
             logits = model(images).float()  # (B, classes)
         tally.add(logits.log_softmax(dim=1), labels)
     model.train(was_training)
+    return tally_record(tally)
+
+
+def tally_record(tally: Tally) -> dict[str, float]:
+    """A Tally's sums (over ranks) as the evaluation record: mean loss, top-1/top-5 error, images."""
     (loss, top1, top5, n), _ = tally.reduce()
     n = max(n, 1.0)
     return {"loss": loss / n, "top1_error": top1 / n, "top5_error": top5 / n, "images": int(n)}

@@ -29,7 +29,7 @@ from ..evaluation.metrics import Tally
 from ..models.packed import PackedNetworks
 from .fused import FusedStep
 from .inputs import TrainingData, build_data, memory_dataset, uses_memory_loader
-from .loop import autocast
+from .loop import autocast, tally_record
 from .progress import Progress
 from .rundir import RunDir
 from .state import TrainState, Window
@@ -308,12 +308,7 @@ class _PackedLoop(_Loop):
             for tally, out in zip(tallies, logits):
                 tally.add(out.log_softmax(dim=1), labels)
         self.packed.train()
-        results = []
-        for tally in tallies:
-            (loss, top1, top5, n), _ = tally.reduce()
-            n = max(n, 1.0)
-            results.append({"loss": loss / n, "top1_error": top1 / n, "top5_error": top5 / n, "images": int(n)})
-        return results
+        return [tally_record(tally) for tally in tallies]
 
     def save(self, periodic: bool = False, best: bool = False) -> None:
         started = time.perf_counter()

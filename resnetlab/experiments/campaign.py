@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint
 from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..files import atomic_path, sha256_file, write_json
 from ..models import count_parameters, create_model
-from .cifar import PAPER_ITERATIONS, ensure_runs, experiment_config, run_name
+from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
 
 __all__ = [
     "CARRY_LIMIT",
@@ -152,7 +151,7 @@ class Campaign:
                 continue
             target = self.runs / name
             carried = self._carried_checkpoint(name)
-            carried_at, here_at = _iteration(carried) or 0, _iteration(target / "checkpoints" / "last.pt") or 0
+            carried_at, here_at = checkpoint_iteration(carried) or 0, checkpoint_iteration(target) or 0
             if _reached(records) <= _reached(target) and carried_at <= here_at:
                 continue  # this machine's own copy is as far
             target.mkdir(parents=True, exist_ok=True)
@@ -178,7 +177,7 @@ class Campaign:
                 if (source / file).is_file():
                     _copy(source / file, records / file)
             carried, last = self._carried_checkpoint(name), source / "checkpoints" / "last.pt"
-            if _finished(source):
+            if finished(source):
                 carried.unlink(missing_ok=True)
             elif last.is_file():
                 carried.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +191,7 @@ class Campaign:
 
         source = self.runs / self.name(net, 0)
         out = self.weights / f"cifar10-{net}.safetensors"
-        if not _finished(source) or not (source / "checkpoints" / "last.pt").is_file():
+        if not finished(source) or not (source / "checkpoints" / "last.pt").is_file():
             return
         index_path = self.weights / "index.json"
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
@@ -231,7 +230,7 @@ class Campaign:
         stopped = False
         try:
             for unit in self.units:
-                todo = [s for s in unit.seeds if not _finished(self.runs / self.name(unit.net, s))]
+                todo = [s for s in unit.seeds if not finished(self.runs / self.name(unit.net, s))]
                 if not todo:
                     continue
                 if deadline - time.monotonic() < startup:
@@ -308,22 +307,14 @@ def _estimate(speed: dict[tuple[str, int], float], net: str, k: int) -> float | 
     return seconds * _depth(net) / _depth(other) * k / other_k
 
 
-def _iteration(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    try:
-        return int(load_checkpoint(path)["iteration"])
-    except (UserError, KeyError, ValueError):
-        return None
-
-
 def _record(path: Path) -> RunRecord | None:
     if not (path / "metrics.jsonl").is_file() or not (path / "config.json").is_file():
         return None
     return read_record(path)
 
 
-def _finished(path: Path) -> bool:
+def finished(path: Path) -> bool:
+    """Whether the run directory (or records folder) ``path`` holds a finished run's records."""
     record = _record(path)
     return record is not None and record.finished
 

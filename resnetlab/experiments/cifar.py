@@ -106,8 +106,9 @@ def finished_run(config: RunConfig, path: Path) -> RunRecord | None:
 
 
 def checkpoint_iteration(path: Path) -> int | None:
-    """The iteration of the run's last.pt (0 without one; None if it cannot be read: resumed on its own)."""
-    last = path / "checkpoints" / "last.pt"
+    """The iteration of the run directory ``path``'s last.pt, or of the checkpoint file ``path`` (0 without
+    one; None if it cannot be read: such a run is resumed on its own)."""
+    last = path if path.suffix == ".pt" else path / "checkpoints" / "last.pt"
     if not last.is_file():
         return 0
     try:
