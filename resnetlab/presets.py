@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 
 from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
+from . import runtime
 from .errors import UserError
 from .models.registry import CIFAR_DEPTHS, CIFAR_PLAIN_DEPTHS
 
@@ -159,8 +160,20 @@ def format_presets(presets: Mapping[str, RunConfig] | None = None, verbose: bool
             f"lr {cfg.optim.lr:g} {when}; {t.iterations:,} iterations"
             + (f", warm-up {s.warmup_lr:g}" if s.warmup_lr else "")
             + f"; BN over {cfg.model.bn_group or 'the batch'}"
-            + ("; bf16" if t.amp == "bf16" else "; float32")
+            + {"bf16": "; bf16", "off": "; float32"}.get(t.amp, "; precision auto")
         )
         if verbose:
             lines.append(f"{'':<{width}}  {cfg.description}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", _precision_note()])
+
+
+def _precision_note() -> str:
+    """What train.amp=auto trains in, and what it resolves to on this machine."""
+    device = runtime.resolve_device("auto")
+    native = runtime.native_bf16(device)
+    here = runtime.resolve_precision("auto", device)
+    return (
+        "precision auto: bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or AMX; measured to "
+        "reach float32's error, docs/training.md), float32 elsewhere (on CUDA with TF32 convolutions); "
+        f"here ({device}{f', {native}' if native and device.type == 'cpu' else ''}): {here}"
+    )

@@ -17,6 +17,9 @@ from .errors import UserError
 
 __all__ = [
     "resolve_device",
+    "native_bf16",
+    "resolve_precision",
+    "precision_record",
     "launched_by_torchrun",
     "init_distributed",
     "destroy",
@@ -49,6 +52,53 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and launched_by_torchrun():
         device = torch.device("cuda", get_local_rank())
     return device
+
+
+def native_bf16(device: torch.device) -> str | None:
+    """What makes ``device`` compute bf16 natively (``"AMX"``, ``"AVX512-BF16"``, ``"CUDA"``), or None.
+
+    On the CPU this asks torch's cpuinfo checks for the bf16 instructions themselves. Not the mkldnn check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``): oneDNN also says yes on plain AVX512 CPUs, where it
+    emulates bf16 and a bf16 step is slower than a float32 one.
+    """
+    if device.type == "cuda":
+        return "CUDA" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
+    return None
+
+
+# train.amp=auto's choice on a CPU with native bf16, set by the four-run parity test of docs/training.md
+# ("bf16 on the CPU"); float32 until that test has run.
+AUTO_BF16_ON_NATIVE_CPU = False
+
+
+def resolve_precision(amp: str, device: torch.device) -> str:
+    """The precision a step runs in, ``"bf16"`` (autocast) or ``"float32"``, for ``train.amp`` on ``device``.
+
+    ``bf16`` and ``off`` are what they say. ``auto``: bf16 on a CPU that computes it natively (AVX512-BF16
+    or AMX; measured to reach float32's error, see ``AUTO_BF16_ON_NATIVE_CPU``); float32 elsewhere, that is
+    on CPUs without it (emulated bf16 is slower) and on CUDA (TF32 convolutions; the GPU default stays).
+    """
+    if amp == "bf16":
+        return "bf16"
+    if amp == "auto" and device.type == "cpu" and AUTO_BF16_ON_NATIVE_CPU and native_bf16(device):
+        return "bf16"
+    return "float32"
+
+
+def precision_record(amp: str, device: torch.device) -> dict[str, object]:
+    """What a run's records say of its precision: the setting, what it resolved to here, and why."""
+    precision = resolve_precision(amp, device)
+    record: dict[str, object] = {"amp": amp, "precision": precision, "native_bf16": native_bf16(device)}
+    if device.type == "cuda":
+        record["tf32_convolutions"] = bool(torch.backends.cudnn.allow_tf32)
+        record["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return record
 
 
 def init_distributed(device: torch.device) -> None:

@@ -17,6 +17,15 @@ import pytest
 from PIL import Image
 
 
+@pytest.fixture(autouse=True)
+def float32_by_default(monkeypatch):
+    """train.amp=auto means float32 in every test, on every machine: CI runs on CPUs with native bf16 and
+    without, and the numeric tests' tolerances are float32's. tests/test_precision.py tests the bf16 choice."""
+    from resnetlab import runtime
+
+    monkeypatch.setattr(runtime, "AUTO_BF16_ON_NATIVE_CPU", False)
+
+
 @pytest.fixture
 def data_env(tmp_path, monkeypatch):
     """An isolated cache folder (returned); no RESNETLAB_DATA; no system-wide datasets."""

@@ -311,3 +311,43 @@ def test_cli_train_seeds_writes_one_run_per_seed(data_dir, tmp_path, capsys):
         )
         == 0
     )
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["single", "packed"])
+def test_images_per_s_counts_training_steps_only(data_dir, tmp_path, monkeypatch, packed):
+    """An evaluation that takes 0.5 s must not count as training time in the next interval's images/s (the
+    packed loop's interval clock used to start at the log before the evaluation and the save)."""
+    import resnetlab.engine.packed as packed_module
+    import resnetlab.engine.trainer as trainer_module
+
+    pause = 0.5
+    if packed:
+        slow = packed_module._PackedLoop._evaluate_split
+
+        def evaluate_split(self, name):
+            time.sleep(pause)
+            return slow(self, name)
+
+        monkeypatch.setattr(packed_module._PackedLoop, "_evaluate_split", evaluate_split)
+    else:
+        slow = trainer_module.evaluate
+
+        def evaluate(*args, **kwargs):
+            time.sleep(pause)
+            return slow(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    config = tiny_config(data_dir, "train.iterations=12", "train.eval_every=4", "train.log_every=2")
+    out = tmp_path / ("p" if packed else "s")
+    if packed:
+        train_packed(config, SEEDS[:2], [out / "seed3", out / "seed4"], progress=False)
+        out = out / "seed3"
+    else:
+        train(config, out, progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "test_top1_error" in r]
+    assert [r["iteration"] for r in evals] == [4, 8, 12]
+    for before, record in zip(evals, evals[1:]):
+        step_seconds = 4 * 32 / record["images_per_s"]  # the interval's training time, as the record counts it
+        between = record["wall_s"] - before["wall_s"]  # steps, plus the evaluation (and save) of `before`
+        assert step_seconds <= between - pause, (step_seconds, between)

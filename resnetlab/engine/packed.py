@@ -155,7 +155,8 @@ class _PackedLoop(_Loop):
         self.configs, self.runs, self.datas, self.states = configs, runs, datas, states
         self.config, self.run_dir, self.data, self.state, self.device = config, runs[0], datas[0], states[0], device
         self.world, self.main = 1, True
-        self.amp = tc.amp == "bf16"
+        self.precision = runtime.resolve_precision(tc.amp, device)
+        self.amp = self.precision == "bf16"
         self.k = len(states)
         graph = device.type == "cuda" and tc.cuda_graph != "off"
         if tc.cuda_graph == "on" and device.type != "cuda":
@@ -223,6 +224,10 @@ class _PackedLoop(_Loop):
     def step(self, batches: None) -> float:
         s = self.state
         lrs = [state.schedule.lr_at(s.iteration) for state in self.states]
+        if self.steps_since_log == 0:
+            # the interval's clock starts at its first step: evaluations and saves since the last log (after
+            # its host sync) are not training time, so images_per_s counts training steps only
+            self.log_tick = time.perf_counter()
         self.fused.set_lr(lrs)
         self.fused()
         s.iteration += 1
@@ -271,6 +276,7 @@ class _PackedLoop(_Loop):
                 "images_per_s_all": self.k * window.images / max(window.step_time, 1e-9),
                 "data_wait_s": 0.0,
                 "wall_s": time.perf_counter() - self.tick,
+                "precision": self.precision,
                 "packed": self.k,
             }
             for name, per_network in results.items():

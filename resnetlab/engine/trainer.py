@@ -254,7 +254,8 @@ def _start_records(
         run.log({"iteration": state.iteration, "event": "resume_changes", "changes": changes})
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in point.changes.items())
         print(f"resnetlab train: resuming with changes (not an exact continuation): {listed}", file=sys.stderr)
-    env = environment_record(device, world) | {"data_source": data.source}
+    env = environment_record(device, world) | runtime.precision_record(config.train.amp, device)
+    env["data_source"] = data.source
     if init is not None:
         env["init"] = init.describe()
     elif point is not None and config.train.init and run.env.is_file():
@@ -331,7 +332,8 @@ class _Loop:
         self.world = runtime.get_world_size()
         self.main = runtime.get_rank() == 0
         tc = config.train
-        self.amp = tc.amp == "bf16"  # auto and off: float32, the paper's precision
+        self.precision = runtime.resolve_precision(tc.amp, device)  # auto: bf16 on a CPU with native bf16
+        self.amp = self.precision == "bf16"
         # `state.model` is what is saved; `inner` (compiled or not) evaluates; `trained` (DDP-wrapped when
         # distributed) trains. Evaluation bypasses DDP: its shards may hold different numbers of batches per rank.
         self.inner = torch.compile(state.model) if tc.compile else state.model
@@ -415,6 +417,7 @@ class _Loop:
             "images_per_s": window.images / max(window.data_time + window.step_time, 1e-9),
             "data_wait_s": window.data_time,
             "wall_s": time.perf_counter() - self.tick,
+            "precision": self.precision,
         }
         runtime.broadcast_buffers(s.model)
         classes = len(self.data.classes)
