@@ -6,8 +6,8 @@ import copy
 import json
 from collections.abc import Mapping
 
-from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from . import runtime
+from .config import DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from .errors import UserError
 from .models.registry import CIFAR_DEPTHS, CIFAR_PLAIN_DEPTHS
 
