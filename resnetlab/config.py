@@ -225,9 +225,10 @@ class TrainConfig:
     device: str = flag("auto", "--device", "auto, cpu, cuda, cuda:N")
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     amp: Literal["auto", "bf16", "off"] = "auto"
-    """Precision of the step. auto and off: float32, the paper's (on CUDA with PyTorch's default TF32
-    convolutions); bf16: bf16 autocast, a named deviation (faster on GPUs; not measured against float32 on
-    full runs yet)."""
+    """Precision of the step. off: float32, the paper's (on CUDA with PyTorch's default TF32 convolutions);
+    bf16: bf16 autocast, a named deviation; auto: bf16 on a CPU that computes bf16 natively (AVX512-BF16 or
+    AMX), where it was measured to reach float32's error (docs/training.md), float32 everywhere else (CUDA
+    included). env.json and every evaluation record name the precision a run trained in."""
     cuda_graph: Literal["auto", "on", "off"] = "auto"
     """Packed and in-memory single runs on CUDA: replay the whole step as one CUDA graph (auto: on CUDA)."""
     packing: Literal["auto", "grouped", "branches"] = "auto"

@@ -73,6 +73,8 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if n % self.group_size:
             raise ValueError(f"batch of {n} does not split into BN groups of {self.group_size}")
+        if torch.compiler.is_compiling():
+            return self._composite(x)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()  # a group must be a view of one block of memory
         out, means, invstds = _GroupedBatchNorm.apply(x, self.weight, self.bias, self.group_size, self.eps)
@@ -86,6 +88,24 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
                 self.running_mean.lerp_(means.mean(0).to(self.running_mean.dtype), m)
                 self.running_var.lerp_(var.to(self.running_var.dtype), m)
         return out
+
+    def _composite(self, x: Tensor) -> Tensor:
+        """The same BN written in plain tensor operations, for torch.compile: Inductor fuses them into a few
+        kernels (where it cannot trace the native kernels' out= form)."""
+        n, shape = x.shape[0], x.shape
+        groups = x.float().reshape(n // self.group_size, self.group_size, *shape[1:])  # (G, n/G, C, H, W)
+        var, mean = torch.var_mean(groups, dim=(1, 3, 4), unbiased=False, keepdim=True)  # (G, 1, C, 1, 1)
+        out = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(shape)
+        if self.weight is not None:
+            out = out * self.weight[:, None, None] + self.bias[:, None, None]
+        if self.track_running_stats:
+            with torch.no_grad():
+                count = self.group_size * x[0, 0].numel()
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.mean(0).flatten(), m)
+                self.running_var.lerp_(var.mean(0).flatten() * (count / max(count - 1, 1)), m)
+        return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
