@@ -53,11 +53,11 @@ def main() -> None:
                 continue
             error = float(record.final["test_top1_error"])
             errors[name].append(error)
-            rate = record.evals[-1].get("images_per_s", float("nan"))
-            rows.append((seed, name, error, rate, record.env.get("precision", amp)))
-    print(f"{'seed':<5} {'precision':<10} {'test error':>10} {'images/s':>9}  recorded precision")
-    for seed, name, error, rate, recorded in rows:
-        print(f"{seed:<5} {name:<10} {error:>10.2%} {rate:>9.0f}  {recorded}")
+            recorded = record.env.get("precision") or f"train.amp={record.config['train']['amp']}"
+            rows.append((seed, name, error, record.final.get("train_error", float("nan")), recorded))
+    print(f"{'seed':<5} {'precision':<10} {'test error':>10} {'train error':>11}  recorded")
+    for seed, name, error, train_error, recorded in rows:
+        print(f"{seed:<5} {name:<10} {error:>10.2%} {train_error:>11.2%}  {recorded}")
     if all(len(e) == len(SEEDS) for e in errors.values()):
         mean32, mean16 = (sum(errors[n]) / len(SEEDS) for n in ("float32", "bf16"))
         spread = max(errors["float32"]) - min(errors["float32"])

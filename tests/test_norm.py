@@ -141,3 +141,18 @@ def test_packed_layouts_keep_grouped_bn_exact(layout):
         torch.testing.assert_close(logits[i], single, rtol=1e-4, atol=1e-4)
     member = packed.members()[1]
     torch.testing.assert_close(member["bn1.running_var"], nets[1].bn1.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_bn_running_statistics_with_cumulative_momentum():
+    """momentum=None (PyTorch's cumulative average) over three steps of four groups: the running statistics
+    are the average over steps of each step's group-averaged statistics, as the definition gives."""
+    torch.manual_seed(0)
+    bn = GroupedBatchNorm2d(3, group_size=2, momentum=None)
+    steps = [torch.randn(8, 3, 4, 4) * (1 + i) + i for i in range(3)]
+    for x in steps:
+        bn(x)
+    means = [torch.stack([g.mean(dim=(0, 2, 3)) for g in x.split(2)]).mean(0) for x in steps]
+    vars_ = [torch.stack([g.var(dim=(0, 2, 3), unbiased=True) for g in x.split(2)]).mean(0) for x in steps]
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, torch.stack(vars_).mean(0), rtol=1e-5, atol=1e-5)
+    assert bn.num_batches_tracked.item() == 3

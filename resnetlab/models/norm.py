@@ -17,47 +17,72 @@ convolutions' outputs are bf16, normalised in float32 as ``nn.BatchNorm2d`` does
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 from torch import Tensor, nn
 
 __all__ = ["GroupedBatchNorm2d", "group_batchnorm"]
 
 
+def _group_momenta(momentum: float, groups: int) -> list[float]:
+    """Momenta m_1..m_G for G running-statistics updates in a row that together make one update with
+    ``momentum`` m by the groups' mean: r <- (1 - m) r + (m / G) sum_k s_k.
+
+    Update k weighs its group's statistic by m_k and everything before by (1 - m_k); for every group to end
+    with weight m/G, the factor that update k's statistic keeps from the later updates, P_k = prod_{j>k}
+    (1 - m_j), must satisfy m_k P_k = m/G. With P_G = 1 that gives P_k = 1 - (G - k) m / G and
+    m_k = (m / G) / P_k; the old value keeps P_0 = 1 - m. So each group's native kernel updates the running
+    statistics itself (its unbiased variance, as the definition asks), without a pass of our own."""
+    share = momentum / groups
+    return [share / (1.0 - (groups - k) * share) for k in range(1, groups + 1)]
+
+
 class _GroupedBatchNorm(torch.autograd.Function):
-    """Training-mode BN of each group of ``group`` images; returns (output, means, inverse stds), the last
-    two (G, C) in float32 (or the input's dtype if wider) and without gradient."""
+    """Training-mode BN of each of the G = len(momenta) groups of ``x`` through the native kernel, which also
+    updates the running statistics (if given) with that group's momentum (``_group_momenta``)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, group: int, eps: float):  # type: ignore[override]
-        groups, channels = x.shape[0] // group, x.shape[1]
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        momenta: list[float],
+        eps: float,
+    ):
+        group = x.shape[0] // len(momenta)
         out = torch.empty_like(x)  # keeps x's memory format
         stat_dtype = torch.promote_types(x.dtype, torch.float32)
-        means = x.new_empty((groups, channels), dtype=stat_dtype)
-        invstds = x.new_empty((groups, channels), dtype=stat_dtype)
-        for i, (x_i, out_i) in enumerate(zip(x.split(group), out.split(group))):
-            torch.native_batch_norm(x_i, weight, bias, None, None, True, 0.0, eps, out=(out_i, means[i], invstds[i]))
-        ctx.save_for_backward(x, weight, means, invstds)
+        stats = x.new_empty((2, len(momenta), x.shape[1]), dtype=stat_dtype)  # (mean, 1/std) x (G, C)
+        for i, (x_i, out_i, momentum) in enumerate(zip(x.split(group), out.split(group), momenta)):
+            torch.native_batch_norm(
+                x_i, weight, bias, running_mean, running_var, True, momentum, eps, out=(out_i, stats[0, i], stats[1, i])
+            )
+        ctx.save_for_backward(x, weight, stats)
         ctx.group, ctx.eps = group, eps
-        ctx.mark_non_differentiable(means, invstds)
-        return out, means, invstds
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor, _means: Tensor, _invstds: Tensor):  # type: ignore[override]
-        x, weight, means, invstds = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, weight, stats = ctx.saved_tensors
         if x.is_contiguous(memory_format=torch.channels_last):
             grad_out = grad_out.contiguous(memory_format=torch.channels_last)  # a no-op when it already is
         affine = weight is not None
         mask = [ctx.needs_input_grad[0], affine and ctx.needs_input_grad[1], affine and ctx.needs_input_grad[2]]
         grads = [
             torch.ops.aten.native_batch_norm_backward(
-                g_i, x_i, weight, None, None, means[i], invstds[i], True, ctx.eps, mask
+                g_i, x_i, weight, None, None, stats[0, i], stats[1, i], True, ctx.eps, mask
             )
             for i, (g_i, x_i) in enumerate(zip(grad_out.split(ctx.group), x.split(ctx.group)))
         ]
-        grad_x = torch.cat([g[0] for g in grads]) if mask[0] else None
-        grad_w = torch.stack([g[1] for g in grads]).sum(0) if mask[1] else None
-        grad_b = torch.stack([g[2] for g in grads]).sum(0) if mask[2] else None
-        return grad_x, grad_w, grad_b, None, None
+        grad_x = torch.cat([g[0] for g in grads]) if mask[0] else None  # the one copy: a group's is its own tensor
+        grad_w = functools.reduce(operator.add, [g[1] for g in grads]) if mask[1] else None
+        grad_b = functools.reduce(operator.add, [g[2] for g in grads]) if mask[2] else None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 class GroupedBatchNorm2d(nn.BatchNorm2d):
@@ -77,17 +102,15 @@ class GroupedBatchNorm2d(nn.BatchNorm2d):
             return self._composite(x)
         if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             x = x.contiguous()  # a group must be a view of one block of memory
-        out, means, invstds = _GroupedBatchNorm.apply(x, self.weight, self.bias, self.group_size, self.eps)
+        groups = n // self.group_size
+        momentum = 0.0
         if self.track_running_stats:
-            with torch.no_grad():
-                count = self.group_size * x[0, 0].numel()  # values per channel in one group
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                # the groups' biased variances, from the kernel's 1/sqrt(var + eps), made unbiased as BN does
-                var = invstds.pow(-2).sub_(self.eps).mean(0).mul_(count / max(count - 1, 1))
-                self.running_mean.lerp_(means.mean(0).to(self.running_mean.dtype), m)
-                self.running_var.lerp_(var.to(self.running_var.dtype), m)
-        return out
+            self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        running_mean, running_var = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
+        return _GroupedBatchNorm.apply(
+            x, self.weight, self.bias, running_mean, running_var, _group_momenta(momentum, groups), self.eps
+        )
 
     def _composite(self, x: Tensor) -> Tensor:
         """The same BN written in plain tensor operations, for torch.compile: Inductor fuses them into a few
