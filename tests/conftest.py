@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -16,14 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
-@pytest.fixture(autouse=True)
-def float32_by_default(monkeypatch):
-    """train.amp=auto means float32 in every test, on every machine: CI runs on CPUs with native bf16 and
-    without, and the numeric tests' tolerances are float32's. tests/test_precision.py tests the bf16 choice."""
-    from resnetlab import runtime
-
-    monkeypatch.setattr(runtime, "AUTO_BF16_ON_NATIVE_CPU", False)
+# train.amp=auto means float32 in every test, on every machine, in this process and the ones it starts: CI
+# runs on CPUs with native bf16 and without, and the numeric tests' tolerances are float32's.
+# tests/test_precision.py tests the bf16 choice itself.
+os.environ["RESNETLAB_CPU_BF16"] = "off"
 
 
 @pytest.fixture

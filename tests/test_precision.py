@@ -18,8 +18,17 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 @pytest.fixture
 def measured_choice(monkeypatch):
-    """auto as shipped (the autouse fixture pins float32 for every other test)."""
+    """auto as shipped (conftest.py pins float32 for every other test through RESNETLAB_CPU_BF16=off)."""
     monkeypatch.setattr(runtime, "AUTO_BF16_ON_NATIVE_CPU", True)
+    monkeypatch.delenv("RESNETLAB_CPU_BF16", raising=False)
+
+
+def test_the_environment_can_keep_auto_at_float32(monkeypatch, measured_choice):
+    monkeypatch.setattr(runtime, "native_bf16", lambda _device: "AMX")
+    assert runtime.resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setenv("RESNETLAB_CPU_BF16", "off")
+    assert runtime.resolve_precision("auto", CPU) == "float32"
+    assert runtime.resolve_precision("bf16", CPU) == "bf16"  # a precision asked for by name is kept
 
 
 @pytest.mark.parametrize(
