@@ -361,7 +361,7 @@ def _experiment(args: argparse.Namespace) -> int:
     if args.which == "campaign":
         from .experiments.campaign import campaign_command
 
-        if args.budget is None and not args.status:
+        if args.budget is None and not args.status and args.gained_since is None:
             raise UserError("experiment campaign needs --budget SECONDS (or --status)")
         return campaign_command(
             args.budget or 0.0,
@@ -373,6 +373,8 @@ def _experiment(args: argparse.Namespace) -> int:
             seeds=args.table6_seeds,
             nets=args.nets,
             status_only=args.status,
+            plan=args.plan,
+            since=args.gained_since,
         )
     if args.which == "degradation":
         nets = args.nets or experiments.DEGRADATION_NETS
@@ -410,7 +412,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "experiment",
         help="reproduce a CIFAR-10 experiment of the paper: degradation (Fig. 1, 6), table6, responses (Fig. 7); "
-        "campaign: the whole section at the full schedule, a GPU window at a time",
+        "campaign: the whole section at the full schedule, a GPU or CPU window at a time",
         description="Each experiment trains (or reuses, or resumes) ordinary runs of the CIFAR-10 presets under "
         "--runs and draws its figure or table from their records only. A shorter --iterations keeps the lr drops "
         "at the paper's fractions of the run (0.5 and 0.75), stated on every figure. Several --seeds of a "
@@ -439,6 +441,19 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "--table6-seeds", type=int, default=5, metavar="N", help="campaign: seeds per network (default 5, the paper's)"
     )
     p.add_argument("--status", action="store_true", help="campaign: print what is done and left; train nothing")
+    p.add_argument(
+        "--plan",
+        choices=("auto", "gpu", "cpu"),
+        default="auto",
+        help="campaign: the order of the runs; gpu: the paper's, seeds packed; cpu: soonest done first, one run at "
+        "a time (docs/training.md); auto (default): gpu where CUDA is, else cpu",
+    )
+    p.add_argument(
+        "--gained-since",
+        type=float,
+        metavar="UNIX_TIME",
+        help="campaign: print one line, the iterations each run gained in the windows ended since then; train nothing",
+    )
     p.add_argument("--nets", nargs="+", metavar="NET", help="networks, e.g. plain20 resnet56 (default: the figure's)")
     p.add_argument(
         "--eval-points",

@@ -30,6 +30,11 @@ fi
 if [ "${1:-}" = "--land" ]; then
     set -e
     from="${2:?usage: scripts/gpu_campaign.sh --land DIR}"
+    lock="${CPU_WINDOW_STATE:-runs/cpu-window}/lock"
+    if [ -f "$lock" ] && ! flock -n "$lock" true; then
+        echo "gpu_campaign: a CPU window is running; scripts/cpu_window.sh stop first (its next carry would write over what lands)" >&2
+        exit 2
+    fi
     parts=("$from"/carry.tar.part-*)
     [ -f "${parts[0]}" ] || { echo "gpu_campaign: no carry.tar.part-* in $from" >&2; exit 2; }
     cat "${parts[@]}" | tar -tf - >/dev/null || { echo "gpu_campaign: the parts in $from do not make a whole tar" >&2; exit 2; }

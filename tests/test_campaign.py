@@ -5,6 +5,7 @@ ends, without losing or repeating an iteration."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from resnetlab.experiments.campaign import Campaign, format_status, paper_plan
 
 NETS = ["plain20", "resnet20"]
 ITERATIONS = 8
+ITERATIONS_CHAIN = 40
 
 
 @pytest.fixture
@@ -202,3 +204,134 @@ def test_a_window_ended_by_sigterm_carries_its_runs(tmp_path, cifar, monkeypatch
     records = (tmp_path / "carry" / "records" / "cifar10-resnet20-it6-seed0" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in records if "test_top1_error" in line] == [1, 2, 3, 4, 5, 6]
     assert not list((tmp_path / "carry").glob("checkpoints/*.pt"))
+
+
+def test_the_cpu_plan_trains_what_finishes_soonest_first_one_run_at_a_time():
+    units, refused = paper_plan(plan="cpu")
+    labels = [u.label for u in units]
+    first = ["resnet20", "plain20", "resnet56", "plain56", "resnet32", "plain32", "resnet44", "plain44"]
+    assert labels[:9] == [f"(a) {n} seed 0" for n in first] + ["(b) resnet110 seed 0"]
+    nets = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    assert labels[9:29] == [f"(c) {n} seed {s}" for n in nets for s in (1, 2, 3, 4)]  # not packed on a CPU
+    assert labels[29:] == ["(d) plain110 seed 0"]
+    assert [u.label for u, _ in refused] == ["(d) resnet1202 seed 0"]
+    gpu, _ = paper_plan(plan="gpu")
+    runs = lambda plan: sorted((u.net, s) for u in plan for s in u.seeds)  # noqa: E731
+    assert runs(units) == runs(gpu)  # the same runs, in another order: a run may move between plans
+
+
+def test_chained_windows_carry_within_each_budget_on_a_fake_clock(tmp_path, cifar, monkeypatch):
+    """scripts/cpu_window.sh chains `campaign --budget 600` processes. On a clock where every step takes 40 s,
+    each process carries before its 600 s are out, so a window killed at any moment loses at most 600 s of
+    training; the status counts the carried checkpoint, ahead of the last evaluation; each window's line in
+    windows.jsonl says what it trained on and which iterations. (Only steps take time on this clock: start-up
+    and saves take none.)"""
+    import time
+
+    import resnetlab.engine.trainer as trainer
+    from resnetlab.experiments.cifar import checkpoint_iteration
+
+    clock = {"now": 1000.0}
+    fake = lambda: clock["now"]  # noqa: E731
+    monkeypatch.setattr(time, "monotonic", fake)
+    monkeypatch.setattr(time, "perf_counter", fake)  # the trainer's step durations, which the Deadline reads
+    monkeypatch.setattr(trainer.Deadline.__init__, "__defaults__", (fake,))
+    real_step, real_sync = trainer.train_step, Campaign.sync
+
+    def step(*args, **kwargs):
+        clock["now"] += 40.0
+        return real_step(*args, **kwargs)
+
+    carries = [(clock["now"], 0)]
+
+    def sync(self):
+        real_sync(self)
+        carried = tmp_path / "carry" / "checkpoints" / f"{name}.pt"
+        records = tmp_path / "carry" / "records" / name / "metrics.jsonl"
+        at = checkpoint_iteration(carried) if carried.is_file() else (ITERATIONS_CHAIN if records.is_file() else 0)
+        carries.append((clock["now"], at))
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(Campaign, "sync", sync)
+    name = f"cifar10-resnet20-it{ITERATIONS_CHAIN}-seed0"
+    statuses = []
+    while len(statuses) < 10:
+        campaign = Campaign(
+            tmp_path / "runs", tmp_path / "carry", tmp_path / "weights", iterations=ITERATIONS_CHAIN,
+            data_dir=cifar, seeds=1, nets=["resnet20"], eval_points=2, plan="cpu",
+        )  # fmt: skip
+        status = campaign.run(budget=600)
+        statuses.append(status)
+        if not status["stopped"]:
+            break
+    # 40 steps of 40 s, 580 s a window (20 kept for the carry): 13 a window, since 13 steps (520 s) and two more
+    # (the Deadline's margin) would pass 580 s
+    assert len(statuses) == 4
+    gaps = [b[0] - a[0] for a, b in zip(carries, carries[1:]) if b[1] > a[1]]
+    assert gaps and max(gaps) <= 600, carries
+    assert [at for _, at in carries if at][-1] == ITERATIONS_CHAIN
+    # After the first window the last evaluation (every 20 iterations) is 0, the checkpoint 13: the status says 13
+    assert statuses[0]["units"][0]["done"] == [13] and statuses[0]["units"][0]["left"] == ITERATIONS_CHAIN - 13
+    windows = campaign.windows(name)
+    assert [(w["from_iteration"], w["to_iteration"]) for w in windows] == [(0, 13), (13, 26), (26, 39), (39, 40)]
+    assert [w["seconds"] for w in windows] == [520.0, 520.0, 520.0, 40.0]
+    assert {w["device"] for w in windows} == {"cpu"} and all(w["machine"] and w["precision"] for w in windows)
+    carried_lines = (tmp_path / "carry" / "records" / name / "windows.jsonl").read_text().splitlines()
+    assert len(carried_lines) == 4  # carried with the other records
+    index = json.loads((tmp_path / "weights" / "index.json").read_text())
+    assert index["resnet20"]["windows"][0]["iterations"] == [0, 40]  # one machine, one commit: one entry
+    assert campaign.gained(since=0) == {"resnet20 seed 0": 40}
+    ended = datetime.fromisoformat(windows[0]["ended"]).timestamp()
+    rate = campaign.status(now=ended)["units"][0]["images_per_s"]
+    assert rate == pytest.approx(13 * 128 / 520, rel=1e-3)  # the windows that had ended by then: the first
+
+
+def test_status_counts_the_carried_checkpoint_and_the_speed_of_the_last_10_minutes(
+    tmp_path, cifar, monkeypatch, capsys
+):
+    """The issue's case: a short CPU window trained to a checkpoint between two evaluations. `--status` (a bare
+    run folder, the carry only) says the checkpoint's iterations, and the current unit's speed and ETA."""
+    import time
+
+    stop_after(monkeypatch, 5)
+    Campaign(
+        tmp_path / "m1", tmp_path / "carry", tmp_path / "w", iterations=40, data_dir=cifar, seeds=1,
+        nets=["resnet20"], eval_points=2, plan="cpu",
+    ).run(budget=600)  # fmt: skip
+    common = ["--runs", str(tmp_path / "m2"), "--carry", str(tmp_path / "carry"), "--weights", str(tmp_path / "w")]
+    tiny = [*common, "--iterations", "40", "--nets", "resnet20", "--table6-seeds", "1", "--plan", "cpu"]
+    assert main(["experiment", "campaign", "--status", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "the CPU plan:" in out and "5 iterations done, 35 left" in out and "images/s over the last 10 min" in out
+    assert "ETA" in out and not (tmp_path / "m2").exists()  # a status writes nothing
+    assert main(["experiment", "campaign", "--gained-since", str(time.time() - 3600), *tiny]) == 0
+    assert capsys.readouterr().out.strip() == "resnet20 seed 0 +5 iterations"
+    assert main(["experiment", "campaign", "--gained-since", str(time.time() + 3600), *tiny]) == 0
+    assert capsys.readouterr().out.strip() == "no iterations gained"
+
+
+def test_window_summary_says_when_a_run_moved_between_machines_and_the_rate_is_the_last_10_minutes():
+    from resnetlab.experiments.windows import recent_rate, window_summary
+
+    def window(a, b, machine, precision, started):
+        return {
+            "from_iteration": a, "to_iteration": b, "machine": machine, "precision": precision,
+            "git_commit": "c1", "started": started, "ended": started, "seconds": 1.0,
+        }  # fmt: skip
+
+    cpu, gpu = ("AMD EPYC (2 threads)", "bf16"), ("NVIDIA H100", "float32")
+    runs = [window(0, 227, *cpu, "t1"), window(227, 900, *cpu, "t2"), window(900, 64000, *gpu, "t3")]
+    assert window_summary(runs) == [
+        {"machine": cpu[0], "precision": "bf16", "git_commit": "c1", "iterations": [0, 900]},
+        {"machine": gpu[0], "precision": "float32", "git_commit": "c1", "iterations": [900, 64000]},
+    ]
+    at = lambda t: datetime.fromtimestamp(t).astimezone().isoformat()  # noqa: E731
+    timed = [  # two runs packed in one window (its time counted once), an older window, one after `now`
+        {"from_iteration": 0, "to_iteration": 100, "started": at(1000), "ended": at(1100), "seconds": 100.0},
+        {"from_iteration": 0, "to_iteration": 100, "started": at(1000), "ended": at(1100), "seconds": 100.0},
+        {"from_iteration": 100, "to_iteration": 150, "started": at(300), "ended": at(400), "seconds": 100.0},
+        {"from_iteration": 100, "to_iteration": 900, "started": at(1100), "ended": at(1300), "seconds": 200.0},
+    ]
+    assert recent_rate(timed, 128, now=1200, horizon=600) == pytest.approx(200 * 128 / 100)
+    assert recent_rate(timed, 128, now=1800, horizon=600) == pytest.approx(800 * 128 / 200)
+    assert recent_rate(timed, 128, now=5000, horizon=600) is None

@@ -1,10 +1,15 @@
-"""The paper's CIFAR-10 section at the full 64k schedule, worked through in short GPU windows.
+"""The paper's CIFAR-10 section at the full 64k schedule, worked through in short windows (GPU or CPU).
 
-``resnetlab experiment campaign --budget SECONDS --runs DIR`` trains, in this order (the issue's (a)-(d)):
-(a) seed 0 of plain-20/32/44/56 and ResNet-20/32/44/56 (Fig. 6 left and middle, Table 6); (b) ResNet-110
-seed 0; (c) seeds 1-4 of ResNet-20 to 110 (Table 6's mean +- std), each network's seeds packed into one
-(``train_packed``); (d) plain-110 and ResNet-1202 seed 0. Every run is an ordinary experiment run
-(``ROOT/cifar10-<net>-it<N>-seed<S>``), so ``table6``, ``degradation --no-train`` and ``responses`` read them.
+``resnetlab experiment campaign --budget SECONDS --runs DIR`` trains, in the GPU plan's order (the issue's
+(a)-(d)): (a) seed 0 of plain-20/32/44/56 and ResNet-20/32/44/56 (Fig. 6 left and middle, Table 6); (b)
+ResNet-110 seed 0; (c) seeds 1-4 of ResNet-20 to 110 (Table 6's mean +- std), each network's seeds packed
+into one (``train_packed``); (d) plain-110 and ResNet-1202 seed 0. The CPU plan (``--plan cpu``, the default
+without CUDA) has the same runs in the order that finishes soonest what the claims need most: ResNet-20 and
+plain-20, then ResNet-56 and plain-56 (Fig. 6's two ends), then 32 and 44 with their plain twins, ResNet-110,
+seeds 1-4 one at a time (packing does not pay on a CPU), plain-110. Every run is an ordinary experiment run
+(``ROOT/cifar10-<net>-it<N>-seed<S>``), so ``table6``, ``degradation --no-train`` and ``responses`` read them,
+whichever plan or machine trained them; ``windows.jsonl`` beside their records says which machine, precision
+and commit trained which iterations (``windows.py``).
 
 A window stops, every run checkpointed, before ``--budget`` is spent (``Deadline``). Between windows the
 carry folder (``campaign/`` in the repository) holds each run's records (config, env, metrics) and, for a run
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +37,16 @@ from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..files import atomic_path, sha256_file, write_json
 from ..models import count_parameters, create_model
+from ..runtime import resolve_device
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
+from .windows import WINDOWS_FILE, append_window, gained_since, read_windows, recent_rate, window_record, window_summary
 
 __all__ = [
     "CARRY_LIMIT",
+    "PLANS",
     "Unit",
     "paper_plan",
+    "resolve_plan",
     "Campaign",
     "campaign_command",
 ]
@@ -45,11 +55,19 @@ __all__ = [
 # (the repository, with the shipped weights (about 32 MB once the plan is done), and the 19 MB CIFAR-10
 # archive) and gives back at most 64 MiB: 16 MiB leaves room for both.
 CARRY_LIMIT = 16 * 2**20
-RECORD_FILES = ("config.json", "env.json", "metrics.jsonl")
+RECORD_FILES = ("config.json", "env.json", "metrics.jsonl", WINDOWS_FILE)
 STARTUP_S = 45.0  # what a unit costs before its first step (data, networks, graph capture): not worth less
 SYNC_S = 20.0  # kept back for carrying the runs and exporting finished networks at the end of a window
+RECENT_S = 600.0  # the status's images/s: over the windows that ended in the last 10 minutes
 PLAIN = ["plain20", "plain32", "plain44", "plain56"]
 RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56"]
+# The CPU plan's part (a): what finishes soonest first, in pairs that each answer a claim. ResNet-20 and
+# plain-20 (the cheapest pair, ~3x faster than 56); then 56 and plain-56, the two ends of Fig. 6 (the
+# degradation of the plain net and its absence in the ResNet show with these two pairs alone); then the
+# depths between them.
+CPU_FIRST = ["resnet20", "plain20", "resnet56", "plain56", "resnet32", "plain32", "resnet44", "plain44"]
+PLANS = ("gpu", "cpu")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -71,19 +89,35 @@ def checkpoint_bytes(net: str) -> int:
     return 8 * count_parameters(create_model(net)) + 64 * 1024
 
 
+def resolve_plan(plan: str) -> str:
+    """``auto``: the GPU plan where CUDA is, the CPU plan elsewhere; ``gpu`` and ``cpu`` as they are."""
+    if plan == "auto":
+        return "gpu" if resolve_device("auto").type == "cuda" else "cpu"
+    if plan not in PLANS:
+        raise UserError(f"unknown plan {plan!r} (auto, gpu or cpu)")
+    return plan
+
+
 def paper_plan(
-    seeds: int = 5, nets: list[str] | None = None, carry_limit: int = CARRY_LIMIT
+    seeds: int = 5, nets: list[str] | None = None, carry_limit: int = CARRY_LIMIT, plan: str = "gpu"
 ) -> tuple[list[Unit], list[tuple[Unit, str]]]:
     """The campaign's units in order, and the ones it cannot run across windows (with why).
 
     ``seeds``: seeds per network of Table 6 (the paper: 5; part (c) trains seeds 1..seeds-1). ``nets``: only
-    these networks (a tiny plan for tests). A network's seeds in (c) are packed in groups whose carried
-    checkpoints fit ``carry_limit``."""
-    wanted = [
-        ("a", net, (0,)) for net in PLAIN + RESNETS
-    ] + [("b", "resnet110", (0,))] + [
-        ("c", net, tuple(range(1, seeds))) for net in RESNETS + ["resnet110"]
-    ] + [("d", "plain110", (0,)), ("d", "resnet1202", (0,))]  # fmt: skip
+    these networks (a tiny plan for tests). ``plan="gpu"``: the paper's order, a network's seeds in (c)
+    packed in groups whose carried checkpoints fit ``carry_limit``; ``"cpu"``: ``CPU_FIRST``, and each seed
+    of (c) a unit of its own (on a CPU packing is slower than one network after another)."""
+    if plan == "cpu":
+        wanted = [("a", net, (0,)) for net in CPU_FIRST] + [("b", "resnet110", (0,))] + [
+            ("c", net, (seed,)) for net in RESNETS + ["resnet110"] for seed in range(1, seeds)
+        ]  # fmt: skip
+    else:
+        wanted = [
+            ("a", net, (0,)) for net in PLAIN + RESNETS
+        ] + [("b", "resnet110", (0,))] + [
+            ("c", net, tuple(range(1, seeds))) for net in RESNETS + ["resnet110"]
+        ]  # fmt: skip
+    wanted += [("d", "plain110", (0,)), ("d", "resnet1202", (0,))]
     units, refused = [], []
     for part, net, group in wanted:
         if (nets is not None and net not in nets) or not group:
@@ -120,10 +154,13 @@ class Campaign:
         nets: list[str] | None = None,
         carry_limit: int = CARRY_LIMIT,
         eval_points: int = 64,
+        plan: str = "gpu",
     ) -> None:
         self.runs, self.carry, self.weights = Path(runs), Path(carry), Path(weights)
         self.iterations, self.data_dir, self.eval_points = iterations, data_dir, eval_points
-        self.units, self.refused = paper_plan(seeds, nets, carry_limit)
+        self.plan = resolve_plan(plan)
+        self.units, self.refused = paper_plan(seeds, nets, carry_limit, self.plan)
+        self.signal: str | None = None  # SIGTERM or SIGINT received between two units' training
         if not self.units:
             raise UserError("the campaign's plan is empty (--nets names none of its networks?)")
 
@@ -140,6 +177,19 @@ class Campaign:
 
     def _carried_checkpoint(self, name: str) -> Path:
         return self.carry / "checkpoints" / f"{name}.pt"
+
+    def done(self, name: str) -> int:
+        """The iterations of run ``name`` that are saved: the furthest of its last evaluation and its checkpoint,
+        in the run directory or carried. A window stops between evaluations (every 1,000 iterations of 64k),
+        so the checkpoint is usually ahead of the records."""
+        here, records = self.runs / name, self.carry / "records" / name
+        reached = max(_reached(here), _reached(records))
+        saved = max(checkpoint_iteration(here) or 0, checkpoint_iteration(self._carried_checkpoint(name)) or 0)
+        return min(max(reached, saved), self.iterations)
+
+    def windows(self, name: str) -> list[dict[str, Any]]:
+        """The window records of run ``name`` (``windows.py``), from the run directory and the carry."""
+        return read_windows(self.runs / name, self.carry / "records" / name)
 
     def restore(self) -> list[str]:
         """Put the carried records and checkpoints under ``runs`` where they are newer than what is there;
@@ -212,6 +262,7 @@ class Campaign:
             "run": source.name,
             "trained_on": env.get("gpu") or env.get("device"),
             "git_commit": env.get("git_commit"),
+            "windows": window_summary(self.windows(source.name)),  # more than one: machines or commits mixed
             "note": "the final iteration's test error (nothing selected on the test set), BN folded",
         }
         write_json(index_path, dict(sorted(index.items())))
@@ -219,10 +270,14 @@ class Campaign:
     # -- the work ------------------------------------------------------------------------------------
 
     def run(self, budget: float, progress: bool | None = None) -> dict[str, Any]:
-        """Work through the plan until it is done or ``budget`` seconds are nearly spent; carry the state."""
+        """Work through the plan until it is done or ``budget`` seconds are nearly spent; carry the state.
+
+        SIGTERM or SIGINT stops the window like its budget: during training the trainer finishes the step and
+        saves; between units the campaign starts no other. Either way the runs are carried."""
         started = time.monotonic()
         deadline = started + budget - min(SYNC_S, 0.1 * budget)  # the carrying and exports at the end
         startup = min(STARTUP_S, budget / 4)
+        previous = self._catch_stop_signals()
         restored = self.restore()
         if restored:
             print(f"restored {len(restored)} runs from {self.carry}")
@@ -233,18 +288,18 @@ class Campaign:
                 todo = [s for s in unit.seeds if not finished(self.runs / self.name(unit.net, s))]
                 if not todo:
                     continue
-                if deadline - time.monotonic() < startup:
+                if self.signal or deadline - time.monotonic() < startup:
                     stopped = True
                     break
                 print(f"campaign: {unit.label}, {deadline - time.monotonic():.0f} s left")
-                configs = [self.config(unit.net, s) for s in todo]
-                paths = [self.runs / self.name(unit.net, s) for s in todo]
-                if not ensure_runs(configs, paths, progress=progress, deadline=deadline):
+                if not self._train(unit.net, todo, deadline, progress):
                     stopped = True
                     break
                 self.sync()  # each finished unit carried at once: a window killed later loses none of it
         finally:
             self.sync()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         after = _folder_bytes(self.carry) + _folder_bytes(self.weights)
         status = self.status()
         status.update(
@@ -252,27 +307,96 @@ class Campaign:
         )
         return status
 
-    def status(self, window_s: float = 480.0) -> dict[str, Any]:
-        """Per unit: iterations done and left; and the seconds and windows left at the measured speed."""
+    def _train(self, net: str, seeds: list[int], deadline: float, progress: bool | None) -> bool:
+        """``ensure_runs`` for these seeds of ``net``, then a window line for each run it advanced (the trainer
+        has just written the run's env.json: this machine, precision and commit). False if it was stopped."""
+        configs = [self.config(net, s) for s in seeds]
+        paths = [self.runs / self.name(net, s) for s in seeds]
+        first = [checkpoint_iteration(p) or 0 for p in paths]
+        wall, t0 = time.time(), time.monotonic()
+        try:
+            return ensure_runs(configs, paths, progress=progress, deadline=deadline)
+        finally:
+            self._catch_stop_signals()  # the trainer put its own handler in the campaign's place
+            seconds = time.monotonic() - t0
+            for path, start in zip(paths, first):
+                last = checkpoint_iteration(path) or 0
+                if last > start and (path / "env.json").is_file():
+                    env = json.loads((path / "env.json").read_text())
+                    append_window(path, window_record(env, wall, seconds, start, last, runs=len(paths)))
+
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """Note SIGTERM and SIGINT in ``self.signal`` instead of dying (a kill mid-carry would leave the carry
+        half written); returns the handlers replaced. Outside the main thread (a test runner's) nothing."""
+
+        def handler(signum: int, _frame: object) -> None:
+            self.signal = signal.Signals(signum).name
+
+        previous = {}
+        for sig in STOP_SIGNALS:
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except ValueError:
+                pass
+        return previous
+
+    def status(self, window_s: float = 480.0, now: float | None = None) -> dict[str, Any]:
+        """Per unit: each run's iterations done (saved: ``done``) and left, the unit's images/s over the windows
+        that ended in the last 10 minutes, the seconds left (at that speed for the current unit, the first
+        unfinished one, when it has one; else at the speed its evaluations measured) and the machines that
+        trained it; the seconds and GPU windows of ``window_s`` left."""
+        now = time.time() if now is None else now
         speed = self._seconds_per_iteration()
-        rows, total_s, unknown = [], 0.0, False
+        rows, total_s, unknown, current = [], 0.0, False, None
         for unit in self.units:
-            done = [_reached(self.runs / self.name(unit.net, s)) for s in unit.seeds]
+            names = [self.name(unit.net, s) for s in unit.seeds]
+            done = [self.done(n) for n in names]
             left = sum(self.iterations - d for d in done)
+            windows = [w for n in names for w in self.windows(n)]
+            batch = self.config(unit.net, unit.seeds[0]).optim.batch_size
+            rate = recent_rate(windows, batch, now, RECENT_S)
             per_it = _estimate(speed, unit.net, len(unit.seeds))
             seconds = None if per_it is None else max(self.iterations - min(done), 0) * per_it
+            if left and current is None:
+                current = unit.label
+                if rate:
+                    seconds = left * batch / rate
             if left and seconds is None:
                 unknown = True
             total_s += seconds or 0.0
-            rows.append({"unit": unit.label, "done": done, "left": left, "seconds_left": seconds})
-        windows = None if unknown else math.ceil(total_s / window_s)
+            machines = sorted({f"{w['machine']}, {w['precision']}" for w in windows})
+            rows.append(
+                {
+                    "unit": unit.label,
+                    "runs": names,
+                    "done": done,
+                    "left": left,
+                    "seconds_left": seconds,
+                    "images_per_s": rate,
+                    "machines": machines,
+                }
+            )
+        windows_left = None if unknown else math.ceil(total_s / window_s)
         return {
+            "plan": self.plan,
             "units": rows,
+            "current": current,
             "refused": [(u.label, why) for u, why in self.refused],
             "seconds_left": None if unknown else total_s,
-            "windows_left": windows,
+            "windows_left": windows_left,
             "window_s": window_s,
         }
+
+    def gained(self, since: float) -> dict[str, int]:
+        """Iterations each run gained in the windows that ended after the Unix time ``since`` (its windows'
+        records), for the runs that gained any, labelled ``net seed S``."""
+        gains = {}
+        for unit in self.units:
+            for seed in unit.seeds:
+                gain = gained_since(self.windows(self.name(unit.net, seed)), since)
+                if gain:
+                    gains[f"{unit.net} seed {seed}"] = gain
+        return gains
 
     def _seconds_per_iteration(self) -> dict[tuple[str, int], float]:
         """Measured seconds per iteration by (network, networks packed), from the runs' evaluation records."""
@@ -334,20 +458,36 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def format_status(status: dict[str, Any]) -> str:
-    """What the campaign prints: each unit done or left, the runs it cannot carry, the windows left."""
+    """What the campaign prints: each unit done or left (the current one with its speed over the last 10
+    minutes and its ETA), machines mixed within a run, the runs it cannot carry, the windows left."""
     lines = []
     for row in status["units"]:
         done = "/".join(f"{d:,}" for d in row["done"])
         state = "done" if row["left"] == 0 else f"{done} iterations done, {row['left']:,} left"
-        eta = "" if row["left"] == 0 or row["seconds_left"] is None else f" (~{row['seconds_left'] / 60:.0f} min)"
-        lines.append(f"  {row['unit']:<34} {state}{eta}")
+        if row["unit"] != status.get("current") and row["left"] and row["seconds_left"] is not None:
+            state += f" (~{_duration(row['seconds_left'])})"
+        elif row["unit"] == status.get("current"):
+            rate = row.get("images_per_s")
+            speed = f"{rate:,.0f} images/s over the last 10 min" if rate else "no window in the last 10 min"
+            eta = "" if row["seconds_left"] is None else f", ETA {_duration(row['seconds_left'])}"
+            state += f"  <- current: {speed}{eta}"
+        if len(row.get("machines", [])) > 1:
+            state += f"  [trained on {len(row['machines'])} machines/precisions: {'; '.join(row['machines'])}]"
+        lines.append(f"  {row['unit']:<34} {state}")
     for label, why in status["refused"]:
         lines.append(f"  {label:<34} not in the windows: {why}")
     if status["windows_left"] is None:
         lines.append("windows left: unknown until a window has measured the speed")
     elif status["windows_left"] == 0:
         lines.append("the plan is done")
+    elif status.get("plan") == "cpu":
+        lines.append(f"left: ~{_duration(status['seconds_left'])} of training at the measured speed")
     else:
         lines.append(
             f"left: ~{status['seconds_left'] / 60:.0f} min of GPU time, {status['windows_left']} windows of "
@@ -361,6 +501,13 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_gained(gains: dict[str, int]) -> str:
+    """``gained`` on one line: ``resnet20 seed 0 +3,873, plain20 seed 0 +120 iterations``."""
+    if not gains:
+        return "no iterations gained"
+    return ", ".join(f"{label} +{n:,}" for label, n in gains.items()) + " iterations"
+
+
 def campaign_command(
     budget: float,
     runs: Path,
@@ -372,10 +519,17 @@ def campaign_command(
     seeds: int,
     nets: list[str] | None,
     status_only: bool,
+    plan: str = "auto",
+    since: float | None = None,
 ) -> int:
-    campaign = Campaign(runs, carry, weights, iterations=iterations, data_dir=data_dir, seeds=seeds, nets=nets)
-    if status_only:
-        campaign.restore()
+    campaign = Campaign(
+        runs, carry, weights, iterations=iterations, data_dir=data_dir, seeds=seeds, nets=nets, plan=plan
+    )
+    if since is not None:  # one line for scripts/cpu_window.sh stop
+        print(format_gained(campaign.gained(since)))
+        return 0
+    if status_only:  # reads the run folder and the carry, writes nothing: a window may be training beside it
+        print(f"the {campaign.plan.upper()} plan:")
         print(format_status(campaign.status()))
         return 0
     if budget <= 0:
