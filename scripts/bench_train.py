@@ -143,15 +143,10 @@ def measure_textbook(name, data, batch, warmup, steps, seconds) -> float:
     torch.manual_seed(0)
     model = create_model(name)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    batches = iter(loader)
+    batches = _forever(loader)
 
     def step() -> None:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+        x, y = next(batches)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -177,48 +172,31 @@ def measure_preset(preset: str, device: torch.device, data_dir: str | None, iter
         return float(last["images_per_s"])
 
 
-def measure_compiled(name, data, device, batch, amp, bn_group, channels_last, warmup, steps, seconds):
-    """``measure_eager`` with the network under ``torch.compile``; (images/s, seconds the first steps took)."""
+def _forever(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def measure_eager(name, data, device, batch, amp, bn_group, channels_last, warmup, steps, seconds, compile=False):
+    """resnetlab's eager step (``train_step``) on its in-memory loader, the network under ``torch.compile`` if
+    asked; (images/s, seconds the first two steps took: the compilation, if any)."""
     (model,) = _networks(name, 1, bn_group, device, channels_last)
     (loader,) = _loaders(data, 1, batch, device, channels_last)
-    compiled = torch.compile(model)
+    trained = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    batches = iter(loader)
+    batches = _forever(loader)
 
     def step() -> None:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        train_step(compiled, optimizer, x, y, 0.1, amp=amp)
+        x, y = next(batches)
+        train_step(trained, optimizer, x, y, 0.1, amp=amp)
 
     started = time.perf_counter()
     for _ in range(2):
-        step()  # compiles
-    compile_s = time.perf_counter() - started
+        step()
+    first_s = time.perf_counter() - started
     done, elapsed = _timed(step, device, warmup, steps, seconds)
-    return done * batch / elapsed, compile_s
-
-
-def measure_eager(name, data, device, batch, amp, bn_group, channels_last, warmup, steps, seconds) -> float:
-    (model,) = _networks(name, 1, bn_group, device, channels_last)
-    (loader,) = _loaders(data, 1, batch, device, channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    batches = iter(loader)
-
-    def step() -> None:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        train_step(model, optimizer, x, y, 0.1, amp=amp)
-
-    done, elapsed = _timed(step, device, warmup, steps, seconds)
-    return done * batch / elapsed
+    return done * batch / elapsed, first_s
 
 
 def measure_fused(name, data, device, batch, amp, bn_group, channels_last, k, layout, graph, warmup, steps, seconds):
@@ -316,11 +294,13 @@ def main() -> None:
             common = dict(data=data, device=device, batch=args.batch_size, amp=amp, channels_last=channels_last,
                           **timing)  # fmt: skip
             if bn_group:
-                _row(name, reference, "eager, BN over the batch", precision, measure_eager(name, bn_group=0, **common))
+                _row(
+                    name, reference, "eager, BN over the batch", precision, measure_eager(name, bn_group=0, **common)[0]
+                )
             label = f"eager, BN over {bn_group or args.batch_size}"
-            _row(name, reference, label, precision, measure_eager(name, bn_group=bn_group, **common))
+            _row(name, reference, label, precision, measure_eager(name, bn_group=bn_group, **common)[0])
             if args.compile:
-                rate, compile_s = measure_compiled(name, bn_group=bn_group, **common)
+                rate, compile_s = measure_eager(name, bn_group=bn_group, compile=True, **common)
                 _row(
                     name, reference, f"{label}, compiled", precision, rate, note=f"  (first 2 steps {compile_s:.0f} s)"
                 )
