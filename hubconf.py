@@ -59,8 +59,9 @@ def _shipped_weights(tag: str, name: str) -> pathlib.Path:
         raise _UserError(
             f"no weights named {tag!r} for {name}: resnetlab ships none yet ({folder} holds no "
             "DATASET-NETWORK.safetensors). The project's own CIFAR-10 weights come into the repository as "
-            "weights/cifar10-<network>.safetensors as the GPU campaign (resnetlab experiment campaign) finishes "
-            "them; until then pass weights= a local .safetensors export, .pt checkpoint or torchvision .pth"
+            "weights/cifar10-<network>.safetensors as the campaign (resnetlab experiment campaign, in CPU and GPU "
+            "windows) finishes them; until then pass weights= a local .safetensors export, .pt checkpoint or "
+            "torchvision .pth"
         )
     have = "; ".join(f"{dataset} for {', '.join(nets)}" for dataset, nets in shipped.items())
     raise _UserError(f"no weights named {tag!r} for {name} (no {path}); {folder} has: {have}")

@@ -4,12 +4,15 @@ and its exported networks (``weights/``), with the existing experiment commands'
 - Table 6 from the finished 64k runs (n of 25, mean +- std, best, the paper's column): ``table6_report``;
 - Fig. 6 (and Fig. 1) from the 64k records, drawn as they are: ``degradation(..., train_missing=False)``;
 - Fig. 7 from the seed-0 networks in ``weights/`` (needs CIFAR-10's test set: $RESNETLAB_DATA): ``responses``;
+- each shipped network's test error as ``resnetlab eval`` gives it on this machine (``evaluate_checkpoint``
+  with eval's default runtime: the page's number is the command's), beside the training record's last one;
+- each run's windows (machine, precision, iterations): ``windows.jsonl``;
 - what the campaign has done and what is pending, at the measured speed: ``Campaign.status``.
 
 Nothing is typed in and nothing is selected on the test set. The section sits between two markers in the page
 (added before "## Redraw from the records" the first time).
 
-    python scripts/full_schedule.py --carry campaign --weights weights --page docs/results.md
+    python scripts/full_schedule.py --carry campaign --weights weights --page docs/results.md --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -22,15 +25,56 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
+from resnetlab.deploy.runtimes import choose_runtime
 from resnetlab.errors import UserError
+from resnetlab.evaluation import evaluate_checkpoint
 from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, table6_report
 from resnetlab.experiments.campaign import Campaign, finished, format_status
+from resnetlab.experiments.windows import window_summary
 
 BEGIN = "<!-- full-schedule:begin (scripts/full_schedule.py draws this section; do not edit by hand) -->"
 END = "<!-- full-schedule:end -->"
 ITERATIONS = 64000
 TABLE6_RUNS = 25  # ResNet-20, 32, 44, 56, 110 x 5 seeds
 FIG6_NETS = [*DEGRADATION_NETS, "plain110"]
+# What the CIFAR-10 copy this project trains and tests on costs (../shared/data/README.md): every image re-encoded
+# as JPEG at quality ~75. akamaster's ResNet-20..56, trained on the original release, test at 8.3-6.6 % there
+# and 19.0-16.8 % on the copy: about 10 points.
+JPEG_COPY = (
+    "Trained and tested on the project's CIFAR-10 copy, every image re-encoded as JPEG at quality ~75 (the "
+    "original release cannot be downloaded here). The copy costs about 10 points: akamaster's published "
+    "ResNet-20..56, trained on the original release, test at 8.3-6.6 % on it and 19.0-16.8 % on the copy. So "
+    "compare these numbers with each other and the paper's claims and orderings, not its absolute errors. "
+    "Each error is the last iteration's (nothing selected on the test set)."
+)
+
+
+def _eval_error(path: Path, data_dir: str | None) -> str:
+    """``resnetlab eval``'s top-1 error of a shipped file on CIFAR-10's test set, as the command computes it
+    (its default runtime on this machine's CPU); a dash where the data is not here."""
+    try:
+        runtime, _ = choose_runtime(None, torch.device("cpu"))
+        result = _quiet(evaluate_checkpoint, path, data_dir=data_dir, runtime_name=runtime)
+    except UserError as err:
+        print(f"full_schedule: {path.name} not evaluated here ({err})", file=sys.stderr)
+        return "-"
+    return f"{100 * result.top1_error:.2f} %"
+
+
+def _windows_table(campaign: Campaign, names: list[str]) -> list[str]:
+    """Each run's windows, consecutive ones on one machine, precision and commit merged."""
+    rows = []
+    for name in names:
+        for w in window_summary(campaign.windows(name)):
+            first, last = w["iterations"]
+            commit = (w["git_commit"] or "?")[:7]
+            rows.append(f"| {name} | {first:,}-{last:,} | {w['machine']} | {w['precision']} | `{commit}` |")
+    if not rows:
+        return []
+    header = ["| run | iterations | machine | precision | commit |", "|---|---|---|---|---|"]
+    return ["### Where each run trained", "", *header, *rows, ""]
 
 
 def _quiet(call, *args, **kwargs):
@@ -38,21 +82,25 @@ def _quiet(call, *args, **kwargs):
         return call(*args, **kwargs)
 
 
-def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
+def section(carry: Path, weights: Path, figures: Path, page: Path, plan: str, data_dir: str | None) -> str:
     records = carry / "records"
-    campaign = Campaign(records, carry, weights)  # the records stand in for the run directories
+    campaign = Campaign(records, carry, weights, iterations=ITERATIONS, plan=plan)  # records stand in for the runs
     status = campaign.status()
     done = [p.parent.name for p in sorted(records.glob("*/metrics.jsonl")) if finished(p.parent)]
     table6_done = [n for n in done if n.startswith("cifar10-resnet") and "resnet1202" not in n]
     rel = lambda p: os.path.relpath(p, page.parent)  # noqa: E731
     lines = [
         BEGIN,
-        "## The full schedule (64,000 iterations, in GPU windows)",
+        "## The full schedule (64,000 iterations, in CPU and GPU windows)",
         "",
-        "The paper's recipe at its full length, worked through by `resnetlab experiment campaign` in short GPU "
-        "windows (`scripts/gpu_campaign.sh`, docs/training.md): seed 0 of every Fig. 6 network first, then "
-        "ResNet-110, then seeds 1-4 of ResNet-20 to 110 packed, then plain-110. The records are in "
+        "The paper's recipe at its full length, worked through by `resnetlab experiment campaign` a window at a "
+        "time, the state carried between windows in `campaign/`: CPU windows on the development machine while "
+        "we work (`scripts/cpu_window.sh`; ResNet-20 and plain-20 first, then ResNet-56/plain-56, 32, 44, 110 "
+        "and the other seeds) and short GPU windows when one is lent (`scripts/gpu_campaign.sh`); "
+        "docs/training.md gives both plans and why. The records are in "
         f"[`campaign/records/`]({rel(records)}), the finished seed-0 networks in [`weights/`]({rel(weights)}).",
+        "",
+        JPEG_COPY,
         "",
         f"**Done so far: {len(table6_done)} of {TABLE6_RUNS} Table 6 runs**, {len(done)} runs in all.",
         "",
@@ -93,15 +141,25 @@ def section(carry: Path, weights: Path, figures: Path, page: Path) -> str:
         lines += [
             "### The project's CIFAR-10 weights",
             "",
-            "| network | iterations | test error (final iteration) | file | sha256 |",
-            "|---|---|---|---|---|",
+            "| network | iterations | test error, `resnetlab eval` of the file | test error, training's last record "
+            "| file | sha256 |",
+            "|---|---|---|---|---|---|",
         ]
         for net, entry in index.items():
             lines.append(
-                f"| {net} | {entry['iterations']:,} | {100 * entry['test_top1_error']:.2f} % | "
-                f"`weights/{entry['file']}` | `{entry['sha256'][:12]}` |"
+                f"| {net} | {entry['iterations']:,} | {_eval_error(weights / entry['file'], data_dir)} | "
+                f"{100 * entry['test_top1_error']:.2f} % | `weights/{entry['file']}` | `{entry['sha256'][:12]}` |"
             )
-        lines += ["", "Load one with `torch.hub.load(REPO, 'resnet20', weights='cifar10')` (hubconf.py).", ""]
+        lines += [
+            "",
+            "The first error is what `resnetlab eval --checkpoint weights/cifar10-NET.safetensors --data-dir "
+            "../shared/data` prints (BN folded, float32); the second is the training run's own evaluation at "
+            "its last iteration, in the run's precision (bf16 in the CPU windows): they may differ by a few "
+            "test images. Load one with `torch.hub.load(REPO, 'resnet20', source='local', weights='cifar10')` "
+            "(hubconf.py).",
+            "",
+        ]
+    lines += _windows_table(campaign, campaign.names())
     lines += ["### What is done and what is pending", "", "```", format_status(status), "```", "", END]
     return "\n".join(lines)
 
@@ -112,9 +170,13 @@ def main() -> None:
     parser.add_argument("--weights", default="weights", type=Path)
     parser.add_argument("--page", default="docs/results.md", type=Path)
     parser.add_argument("--figures", default="docs/results/full", type=Path)
+    parser.add_argument(
+        "--plan", default="auto", choices=("auto", "gpu", "cpu"), help="the plan whose progress is shown"
+    )
+    parser.add_argument("--data-dir", help="CIFAR-10 for Fig. 7 and the shipped weights' errors (else $RESNETLAB_DATA)")
     args = parser.parse_args()
     try:
-        text = section(args.carry, args.weights, args.figures, args.page)
+        text = section(args.carry, args.weights, args.figures, args.page, args.plan, args.data_dir)
     except UserError as err:
         print(f"full_schedule: error: {err}", file=sys.stderr)
         sys.exit(2)

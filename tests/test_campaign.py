@@ -122,7 +122,7 @@ def test_campaign_command_status_and_errors(tmp_path, cifar, capsys):
     assert not list((tmp_path / "carry").glob("checkpoints/*.pt"))
 
 
-def test_the_results_section_is_drawn_from_the_campaigns_records(tmp_path, cifar, monkeypatch):
+def test_the_results_section_is_drawn_from_the_campaigns_records(tmp_path, cifar, monkeypatch, capsys):
     import importlib.util
 
     carry, weights = tmp_path / "carry", tmp_path / "weights"
@@ -138,9 +138,23 @@ def test_the_results_section_is_drawn_from_the_campaigns_records(tmp_path, cifar
     page = tmp_path / "docs" / "results.md"
     page.parent.mkdir()
     page.write_text("# Results\n\n## Redraw from the records\n")
-    monkeypatch.setattr("sys.argv", ["full_schedule.py", "--carry", str(carry), "--weights", str(weights), "--page", str(page), "--figures", str(tmp_path / "docs" / "full")])  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["full_schedule.py", "--carry", str(carry), "--weights", str(weights), "--page", str(page), "--figures", str(tmp_path / "docs" / "full"), "--data-dir", cifar])  # fmt: skip
     full_schedule.main()
     text = page.read_text()
+    # The shipped network's error on the page is the one `resnetlab eval` prints for the file, and the hub's
+    # weights="cifar10" loads that file.
+    shipped = weights / "cifar10-resnet20.safetensors"
+    capsys.readouterr()
+    command = ["eval", "--checkpoint", str(shipped), "--data-dir", cifar, "--json", "--out", str(tmp_path / "e")]
+    assert main(command) == 0
+    error = json.loads(capsys.readouterr().out)["top1_error"]
+    assert f"| resnet20 | 2 | {100 * error:.2f} % |" in text
+    assert "| cifar10-resnet20-it2-seed0 | 0-2 |" in text and "JPEG at quality ~75" in text
+    monkeypatch.setenv("RESNETLAB_WEIGHTS", str(weights))
+    hub = torch.hub.load(str(Path(__file__).parents[1]), "resnet20", source="local", weights="cifar10").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(hub(x), read_bundle(shipped).model(x))
     assert text.index(full_schedule.BEGIN) < text.index("## Redraw from the records")
     assert "**Done so far: 1 of 25 Table 6 runs**, 2 runs in all." in text
     assert "| resnet20 |" in text and "### Fig. 6" in text and "### Fig. 7" in text

@@ -147,7 +147,10 @@ def test_sigint_mid_epoch_then_resume_is_bit_exact(reference, tmp_path, monkeypa
     _fail_at(monkeypatch, 7, lambda: signal.raise_signal(signal.SIGINT))  # during the 7th step: mid-epoch
     result = train(tiny_config(data), run, progress=False)
     assert result == {"stopped": True, "iteration": 7}
-    assert load_checkpoint(run / "checkpoints/last.pt")["loader"]["position"] == 7
+    saved = load_checkpoint(run / "checkpoints/last.pt")
+    assert saved["loader"]["position"] == 7
+    # the window since iteration 5 keeps its time with its images: images_per_s after the resume is over both
+    assert saved["window"]["images"] == 2 * 32 and saved["window"]["step_time"] > 0
     monkeypatch.undo()
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))
     train(tiny_config(data), run, resume="auto", progress=False)

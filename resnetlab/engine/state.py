@@ -78,7 +78,16 @@ class Window:
         }
 
     def state(self) -> dict[str, float]:
-        return {"loss_sum": self.loss_sum, "mistakes": self.mistakes, "images": self.images, "steps": self.steps}
+        # The times too: a window resumed mid-way reports its images over all of its time, not only the
+        # time since the resume (which made images_per_s 3x too high in the first record after a resume).
+        return {
+            "loss_sum": self.loss_sum,
+            "mistakes": self.mistakes,
+            "images": self.images,
+            "steps": self.steps,
+            "data_time": self.data_time,
+            "step_time": self.step_time,
+        }
 
     def load_state(self, state: dict[str, float]) -> None:
         for key, value in state.items():

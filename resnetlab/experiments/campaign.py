@@ -409,10 +409,12 @@ class Campaign:
                 record = read_record(path)
                 rates = [e for e in record.evals[1:] if e.get("images_per_s")]  # the first holds the start-up
                 if rates:
-                    last = rates[-1]
-                    k = int(last.get("packed", 1))
+                    # The median of the last five: one record's rate can be off (a window that shared the CPU,
+                    # or, before checkpoints kept the times, the first record after a resume).
+                    recent = sorted(float(e["images_per_s"]) for e in rates[-5:])
+                    k = int(rates[-1].get("packed", 1))
                     batch = int(record.config["optim"]["batch_size"])
-                    speed[(unit.net, k)] = batch / float(last["images_per_s"])
+                    speed[(unit.net, k)] = batch / recent[len(recent) // 2]
         return speed
 
 
