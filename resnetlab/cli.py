@@ -23,6 +23,10 @@ from .errors import UserError, user_message
 
 __all__ = ["main", "build_parser"]
 
+# import-weights' networks, spelled here so that --help does not import torch (tests hold them to deploy's)
+TORCHVISION_CHOICES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+AKAMASTER_CHOICES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202")
+
 
 def _models(args: argparse.Namespace) -> int:
     from .models.summary import format_models, size_table
@@ -333,21 +337,30 @@ def _import_weights(args: argparse.Namespace) -> int:
 def _add_import_weights(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import-weights",
-        help="turn torchvision's ImageNet ResNet weights (a local .pth) into a resnetlab checkpoint",
-        description="Reads a local torchvision state dict (weights_only; nothing is downloaded), checks its keys "
-        "and shapes against the network, and writes a checkpoint in torchvision's v1.5 mode (stride on the "
-        "3x3, option B) with ImageNet's class names and torchvision's preprocessing, for eval, predict and export.",
+        help="turn published ResNet weights (torchvision's ImageNet .pth, akamaster's CIFAR-10 .th) into a checkpoint",
+        description="Reads a local file of published weights (weights_only; nothing is downloaded), checks its keys "
+        "and shapes against the network, and writes a resnetlab checkpoint with the classes and the preprocessing "
+        "the weights expect, for eval, predict, export, train --init and torch.hub. torchvision: its ImageNet "
+        "ResNets (v1.5: stride on the 3x3, option B). akamaster: akamaster/pytorch_resnet_cifar10's CIFAR-10 "
+        "ResNets (option A, its channels reordered to resnetlab's zero padding; per-channel mean/std).",
     )
-    p.add_argument("source", choices=("torchvision",), help="where the weights come from")
-    p.add_argument("file", metavar="FILE", help="the .pth state dict, e.g. resnet50-0676ba61.pth")
-    p.add_argument("--model", required=True, choices=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))
+    p.add_argument("source", choices=("torchvision", "akamaster"), help="where the weights come from")
+    p.add_argument(
+        "file", metavar="FILE", help="e.g. resnet50-0676ba61.pth (torchvision), resnet20-12fca82f.th (akamaster)"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        choices=sorted({*TORCHVISION_CHOICES, *AKAMASTER_CHOICES}, key=lambda n: (len(n), n)),
+        help=f"torchvision: {', '.join(TORCHVISION_CHOICES)}; akamaster: {', '.join(AKAMASTER_CHOICES)}",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the checkpoint to write")
     p.add_argument(
         "--resize",
         type=int,
-        default=256,
+        default=None,
         metavar="N",
-        help="centre view's shorter side: 256 for IMAGENET1K_V1 weights, 232 for IMAGENET1K_V2",
+        help="torchvision only: the centre view's shorter side, 256 for IMAGENET1K_V1 weights (default), 232 for V2",
     )
     p.set_defaults(func=_import_weights)
 

@@ -39,15 +39,15 @@ END = "<!-- full-schedule:end -->"
 ITERATIONS = 64000
 TABLE6_RUNS = 25  # ResNet-20, 32, 44, 56, 110 x 5 seeds
 FIG6_NETS = [*DEGRADATION_NETS, "plain110"]
-# What the CIFAR-10 copy this project trains and tests on costs (../shared/data/README.md): every image re-encoded
-# as JPEG at quality ~75. akamaster's ResNet-20..56, trained on the original release, test at 8.3-6.6 % there
-# and 19.0-16.8 % on the copy: about 10 points.
+# What the CIFAR-10 copy this project trains and tests on costs: measured by scripts/akamaster_penalty.py (the
+# section "The JPEG copy's penalty, measured" of the same page).
 JPEG_COPY = (
     "Trained and tested on the project's CIFAR-10 copy, every image re-encoded as JPEG at quality ~75 (the "
-    "original release cannot be downloaded here). The copy costs about 10 points: akamaster's published "
-    "ResNet-20..56, trained on the original release, test at 8.3-6.6 % on it and 19.0-16.8 % on the copy. So "
-    "compare these numbers with each other and the paper's claims and orderings, not its absolute errors. "
-    "Each error is the last iteration's (nothing selected on the test set)."
+    "original release cannot be downloaded here). Networks trained on the original release lose about 10 points "
+    "on it ([measured](#the-jpeg-copys-penalty-measured): akamaster's ResNet-20..56, 8.3-6.6 % on the original "
+    "test set, 19.0-16.8 % on the copy). So compare these numbers with each other and with the paper's claims "
+    "and orderings, not its absolute errors. Each error is the last iteration's (nothing selected on the test "
+    "set)."
 )
 
 

@@ -24,7 +24,7 @@ from .readers import IDX_STEMS
 
 __all__ = ["DatasetSpec", "Source", "SPECS", "dataset_names", "locate", "extract_archive"]
 
-_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # torchvision's FashionMNIST.classes and MNIST.classes, written out so that listing the datasets (the CLI's
 # parser) does not import torchvision.
 _FASHION_MNIST_CLASSES = (
@@ -89,7 +89,7 @@ SPECS: dict[str, DatasetSpec] = {
             folders=("cifar10-jpeg", "cifar10"),
             archives={"cifar10-jpeg.tar.gz": "1fab6e733a06cc26af0ccd8cfea06054bfe6fe3f0a1a296b26aac44a058c45ac"},
             download="CIFAR10",
-            classes=_CIFAR10_CLASSES,
+            classes=CIFAR10_CLASSES,
         ),
         DatasetSpec(
             "cifar100",

@@ -43,7 +43,7 @@ __all__ = [
     "torchvision_checkpoint",
     "read_torchvision",
     "import_torchvision",
-    "import_command",
+    "check_state_keys",
 ]
 
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -67,8 +67,9 @@ def _state_dict(raw: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     return clean_state_dict(state)
 
 
-def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, model: str) -> None:
-    """Exactly the expected keys with the expected shapes, or a one-line error saying what differs."""
+def check_state_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Exactly the expected keys with the expected shapes, or a one-line error saying that ``path`` is not
+    ``what`` (e.g. "a torchvision resnet50 state dict") and what differs."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -79,12 +80,11 @@ def _check_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
         parts = ([f"{len(missing)} missing ({show(missing)})"] if missing else []) + (
             [f"{len(unexpected)} unexpected ({show(unexpected)})"] if unexpected else []
         )
-        raise UserError(f"{path} is not a torchvision {model} state dict: keys {'; '.join(parts)}")
+        raise UserError(f"{path} is not {what}: keys {'; '.join(parts)}")
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             raise UserError(
-                f"{path} is not a torchvision {model} state dict: {key} is {tuple(state[key].shape)} "
-                f"there, {tuple(tensor.shape)} in {model}"
+                f"{path} is not {what}: {key} is {tuple(state[key].shape)} there, {tuple(tensor.shape)} expected"
             )
 
 
@@ -97,7 +97,7 @@ def torchvision_checkpoint(path: str | Path, model: str, *, resize: int = 256) -
     state = _state_dict(load_checkpoint(path), path)
     options = {"shortcut": "B", "stride_in_1x1": False}
     network = build_network(model, options, num_classes=1000, in_channels=3)
-    _check_keys(state, network.state_dict(), path, model)
+    check_state_keys(state, network.state_dict(), path, f"a torchvision {model} state dict")
     require_finite(state, path)  # before anything is written: NaN weights would predict "nan%"
     network.load_state_dict(state, strict=True)
 
@@ -132,15 +132,3 @@ def import_torchvision(path: str | Path, model: str, out: str | Path, *, resize:
         return save_checkpoint(checkpoint, out)
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror or err})") from None
-
-
-def import_command(source: str, path: str | Path, model: str, out: str | Path, *, resize: int = 256) -> int:
-    """The ``resnetlab import-weights`` command (``source`` is ``torchvision``, the one source so far)."""
-    if source != "torchvision":
-        raise UserError(f"unknown weight source {source!r}; supported: torchvision")
-    written = import_torchvision(path, model, out, resize=resize)
-    print(
-        f"wrote {written}: torchvision {model} (option B, stride on the 3x3), 1000 ImageNet classes, "
-        f"centre view {resize} -> 224, per-channel mean/std; try `resnetlab predict --checkpoint {written} IMAGE`"
-    )
-    return 0
