@@ -349,3 +349,13 @@ def test_window_summary_says_when_a_run_moved_between_machines_and_the_rate_is_t
     assert recent_rate(timed, 128, now=1200, horizon=600) == pytest.approx(200 * 128 / 100)
     assert recent_rate(timed, 128, now=1800, horizon=600) == pytest.approx(800 * 128 / 200)
     assert recent_rate(timed, 128, now=5000, horizon=600) is None
+
+
+def test_a_window_line_says_whether_float32_multiplied_in_tf32():
+    """A GPU's float32 is TF32 in the convolutions by default: the window line says so (env.json's flag)."""
+    from resnetlab.experiments.windows import window_record
+
+    gpu = {"gpu": "NVIDIA H100", "device": "cuda", "precision": "float32", "tf32_convolutions": True}
+    assert window_record(gpu, 0.0, 60.0, 0, 100, runs=1)["tf32"] is True
+    cpu = {"device": "cpu", "precision": "bf16", "torch_threads": 2}
+    assert window_record(cpu, 0.0, 60.0, 0, 100, runs=1)["tf32"] is None

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from fusedcheck import assert_same_training, fused_step
 
 from resnetlab.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetlab.config import set_values
@@ -87,6 +88,22 @@ def test_the_graphed_step_computes_the_eager_step(layout):
     packed_e.eval()
     with torch.no_grad():
         assert _gap(packed_g(x), packed_e(x)) < 5e-2
+
+
+@pytest.mark.parametrize("layout", ["grouped", "branches"])
+def test_the_graphed_step_trains_the_eager_steps_networks_across_epochs_and_lr_changes(layout, monkeypatch):
+    """Graphed against eager, float32 without TF32 and with deterministic cuDNN (rounding alone differs): the
+    same loss at every step, then the same parameters, BN statistics and momentum buffers, over 2.75 short
+    epochs with each network's lr changed between replays (fusedcheck; test_fused_check shows on the CPU that
+    a frozen lr, a stale batch or a stale epoch plan fails it)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    graphed = fused_step(CUDA, graph=True, layout=layout)
+    eager = fused_step(CUDA, graph=False, layout=layout)
+    assert_same_training(graphed, eager)
+    assert graphed.graph is not None and graphed.eager_steps == CAPTURE_AFTER  # the replays were checked
 
 
 def test_packed_graphed_networks_take_the_single_eager_step():

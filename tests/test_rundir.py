@@ -87,3 +87,19 @@ def test_no_git_state_for_an_untracked_copy(tmp_path):
     venv_copy = _copy_package(repo / ".venv" / "site-packages")
     assert _git_commit(venv_copy) == none
     assert _code_sha256(venv_copy) == _code_sha256(wheel) == _code_sha256(PACKAGE)
+
+
+@needs_git
+def test_a_copied_tree_takes_the_commit_that_travelled_with_it(tmp_path, monkeypatch):
+    """A GPU window's machine gets the tree without .git: the commit comes from $RESNETLAB_GIT_COMMIT
+    (scripts/gpu_campaign.sh exports .gpu/commit's); a real checkout's own state wins over it."""
+    monkeypatch.setenv("RESNETLAB_GIT_COMMIT", "f" * 40)
+    monkeypatch.setenv("RESNETLAB_GIT_DIRTY", "false")
+    copied = _copy_package(tmp_path / "copied")
+    assert _git_commit(copied) == {"git_commit": "f" * 40, "git_dirty": False, "git_dirty_files": None}
+    repo = tmp_path / "repo"
+    package = _copy_package(repo)
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "snapshot")
+    assert _git_commit(package)["git_commit"] == _git(repo, "rev-parse", "HEAD").strip()

@@ -158,6 +158,28 @@ def test_sigint_mid_epoch_then_resume_is_bit_exact(reference, tmp_path, monkeypa
     assert metrics(run) == metrics(ref_run)
 
 
+def test_the_trainer_puts_back_the_signal_handlers_it_found(tmp_path, data_dir):
+    """The trainer notes SIGINT and SIGTERM only while it trains: once train() or train_packed() returns
+    (finished or stopped), the handlers it found are back, so that `timeout` ends a process that trained
+    (scripts/gpu_campaign.sh's CUDA tests under `timeout --signal=TERM`)."""
+    from resnetlab.engine.packed import train_packed
+
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, mine) for sig in stops}
+    try:
+        train(tiny_config(data_dir, "train.iterations=4"), tmp_path / "single", progress=False)
+        assert [signal.getsignal(sig) for sig in stops] == [mine, mine]
+        outs = [tmp_path / "seed1", tmp_path / "seed2"]
+        train_packed(tiny_config(data_dir, "train.iterations=4"), [1, 2], outs, progress=False)
+        assert [signal.getsignal(sig) for sig in stops] == [mine, mine]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_crash_between_checkpoints_resumes_from_the_last_one(reference, tmp_path, monkeypatch):
     ref_run, data = reference
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))

@@ -30,10 +30,14 @@ __all__ = ["RunDir", "RunRecord", "environment_record", "read_record"]
 
 
 def _git_commit(package: Path) -> dict[str, Any]:
-    """The git state of the checkout ``package`` was loaded from, all None when git does not track it (an
-    installed wheel, a copied tree): the HEAD commit, whether any tracked file differs from it, and which
-    tracked files under the package do (paths from the checkout's root)."""
-    state: dict[str, Any] = {"git_commit": None, "git_dirty": None, "git_dirty_files": None}
+    """The git state of the checkout ``package`` was loaded from: the HEAD commit, whether any tracked file
+    differs from it, and which tracked files under the package do (paths from the checkout's root). Where git
+    does not track it (an installed wheel, a copied tree), what ``$RESNETLAB_GIT_COMMIT`` and
+    ``$RESNETLAB_GIT_DIRTY`` (``true``/``false``) say: a tree copied onto a GPU window's machine has no .git,
+    and scripts/gpu_campaign.sh exports the commit that travelled with it; else all None."""
+    commit = os.environ.get("RESNETLAB_GIT_COMMIT") or None
+    dirty = {"true": True, "false": False}.get(os.environ.get("RESNETLAB_GIT_DIRTY", "").lower())
+    state: dict[str, Any] = {"git_commit": commit, "git_dirty": dirty if commit else None, "git_dirty_files": None}
     # ls-files: a package inside an unrelated checkout (site-packages in a repo's .venv) is not tracked there
     if _git(package, "ls-files", "--error-unmatch", "--", "__init__.py") is None:
         return state

@@ -347,8 +347,18 @@ class _Loop:
         self.clock = Deadline(deadline)
 
     def run(self) -> dict[str, Any]:
+        # The handlers only note a signal for the loop; once it returns, SIGTERM and SIGINT must end the process
+        # again (a `timeout` around a test session or a campaign could not otherwise stop it).
+        previous = self._install_stop_handlers()
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:  # None: installed outside Python, cannot be put back
+                    signal.signal(sig, handler)
+
+    def _run(self) -> dict[str, Any]:
         s, tc = self.state, self.config.train
-        self._install_stop_handlers()
         self.trained.train()
         batches = self._batches()
         self.tick = time.perf_counter()
@@ -503,15 +513,19 @@ class _Loop:
             print(f"done: {run.path}; final test error {final:.2%}; curves in {run.curves}")
         return self.last_record
 
-    def _install_stop_handlers(self) -> None:
+    def _install_stop_handlers(self) -> dict[int, Any]:
+        """Note SIGINT and SIGTERM in ``self.signal``; returns the handlers replaced, for ``run`` to restore."""
+
         def handler(signum: int, _frame: object) -> None:
             self.signal = signal.Signals(signum).name
 
+        previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                signal.signal(sig, handler)
+                previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. inside a test runner thread): no handler
                 pass
+        return previous
 
     def _stop_requested(self) -> bool:
         if not runtime.is_distributed():

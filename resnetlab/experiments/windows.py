@@ -8,7 +8,7 @@ after each unit it trained in a window, one line per run it advanced:
 
     {"started": "2026-12-05T12:30:00.000+00:00", "ended": "...", "seconds": 581.4, "runs": 1,
      "from_iteration": 227, "to_iteration": 4100, "machine": "AMD EPYC 7B13 (2 threads)", "device": "cpu",
-     "precision": "bf16", "git_commit": "...", "git_dirty": false, "torch": "2.x"}
+     "precision": "bf16", "tf32": null, "git_commit": "...", "git_dirty": false, "torch": "2.x"}
 
 ``seconds`` is the unit's wall time in the window (its start-up included), shared by its ``runs`` (packed
 seeds train together; on the CPU a unit's seeds train one after another), and the iteration range is the
@@ -77,6 +77,7 @@ def window_record(
         "machine": machine,
         "device": env.get("device"),
         "precision": env.get("precision"),
+        "tf32": env.get("tf32_convolutions"),  # float32 on a GPU multiplies in TF32 where this is true; None: CPU
         "git_commit": env.get("git_commit"),
         "git_dirty": env.get("git_dirty"),
         "torch": env.get("torch"),
