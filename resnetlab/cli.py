@@ -95,6 +95,8 @@ def _train(args: argparse.Namespace) -> int:
     values = parse_overrides(args.set or [])
     # A first-class flag wins over --set for the same field; its value is already typed.
     values |= {f.key: getattr(args, f.dest) for f in train_flags() if getattr(args, f.dest) is not None}
+    if args.seeds is not None and "train.seed" in values:
+        raise UserError("--seeds sets each run's seed; leave out --seed (and --set train.seed)")
     config = set_values(config, values)
     out = args.out or f"runs/{config.preset}"
     if args.seeds is not None:

@@ -266,6 +266,7 @@ class TrainConfig:
         if self.iterations < 1 or self.eval_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise UserError("train.iterations, eval_every, checkpoint_every and log_every must be >= 1")
         _require(self.keep_every >= 0, f"train.keep_every must be >= 0 (0: only last and best), got {self.keep_every}")
+        _require(0 <= self.seed < 2**63, f"train.seed must be in 0 .. 2**63 - 1 (what torch takes), got {self.seed}")
 
 
 @dataclass

@@ -257,6 +257,13 @@ CASES = [
     Bad("train/out-read-only", lambda c: train(c, out=read_only_dir(c) / "run"), "read-only"),
     Bad("train/device-unknown", lambda c: train(c, "--device", "tpu"), "tpu"),
     Bad("train/device-cuda-without-cuda", lambda c: no_cuda() or train(c, "--device", "cuda"), "cuda"),
+    Bad("train/seeds-negative", lambda c: train(c, "--seeds", "-1"), "-1"),
+    Bad("train/seeds-beyond-int64", lambda c: train(c, "--seeds", "0", str(10**20)), str(10**20)),
+    Bad("train/seed-beyond-int64", lambda c: train(c, "--seed", str(10**20)), "train.seed"),
+    Bad("train/seed-negative", lambda c: train(c, "--seed", "-3"), "train.seed"),
+    Bad("train/seed-beside-seeds", lambda c: train(c, "--seed", "5", "--seeds", "1", "2"), "--seed"),
+    Bad("train/set-seed-beside-seeds", lambda c: train(c, "--set", "train.seed=5", "--seeds", "1"), "--seed"),
+    Bad("train/seeds-too-many", lambda c: train(c, "--seeds", *map(str, range(100))), "at most 16"),
     # eval, predict, export, import-weights, plot: options
     Bad("eval/batch-size-negative", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "-5"), "batch"),
     Bad("eval/batch-size-zero", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "0"), "batch"),

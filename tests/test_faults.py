@@ -34,6 +34,7 @@ import resnetlab.engine.trainer as trainer
 from resnetlab.checkpoint import load_checkpoint, read_training_checkpoint, save_checkpoint
 from resnetlab.config import apply_overrides
 from resnetlab.engine import train
+from resnetlab.engine.packed import train_packed
 from resnetlab.presets import get_preset
 
 from faultcheck import Evil, Outcome, all_finite, error_line, faults, flip_bit, run_cli  # noqa: F401 (a fixture)
@@ -289,6 +290,48 @@ def test_orphan_temporary_files_go_when_the_next_run_starts(lab, tmp_path, capsy
     assert outcome.code == 0, outcome.describe()
     assert not orphan.exists()
     faults.survived()
+
+
+def test_kill_9_of_packed_seeds_then_resume_auto_is_bit_exact(lab, tmp_path, faults):
+    """Issue 20: kill -9 a packed run (``train --seeds 3 4``) mid-step, mid-write, and between the two seeds'
+    checkpoint writes (which leaves them at different iterations, the first time with one seed not yet
+    saved at all); `--resume auto` until done brings the pack back level each time and gives the uninterrupted
+    packed run bit for bit, records included (checkpoints every 3 and logs every 2: most saves fall between
+    two logs, where the running training statistics used to be saved short)."""
+    sets = [s for s in tiny_sets(lab.data, "train.checkpoint_every=3") if not s.startswith("train.seed=")]
+    reference = [tmp_path / "reference" / f"seed{s}" for s in (3, 4)]
+    train_packed(apply_overrides(get_preset(PRESET), sets), [3, 4], reference, progress=False)
+    out = tmp_path / "run"
+    runs = [out / "seed3", out / "seed4"]
+    flags = [arg for value in sets for arg in ("--set", value)]
+    argv = ["train", "--preset", PRESET, "--out", str(out), *flags, "--seeds", "3", "4"]
+    plans = [
+        {"where": "after-rename", "n": 1},  # seed 3's first checkpoint written, seed 4's not: back to 0
+        {"where": "before-rename", "n": 5},  # at 6: seed 3 written, seed 4's last.pt about to be kept
+        {"where": "external", "delay": random.Random(SEED).uniform(0.0, 0.05)},
+        {"where": "save-partial", "n": 2},  # seed 4's checkpoint half written
+        {"where": "metrics-torn", "n": 1},
+        {"where": "after-rename", "n": 3},  # seed 3 written, seed 4's previous.pt kept
+    ]
+    kills, uneven = 0, 0
+    for attempt, plan in enumerate([*plans, {}, {}]):
+        log = tmp_path / f"child-{attempt}.err"
+        code = run_child(argv + (["--resume", "auto"] if attempt else []), plan, runs[0], log)
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL, f"{plan}: exit {code}\n{log.read_text()[-3000:]}"
+        kills += 1
+        at = [reached(run) for run in runs]
+        uneven += len(set(at)) > 1
+        faults.inject("fault", "kill -9 (packed seeds)", where=plan.get("where"), at_iterations=at)
+    else:
+        pytest.fail("the packed run did not finish")
+    assert kills == len(plans) and uneven >= 3, (kills, uneven)
+    for a, b in zip(reference, runs):
+        assert_same_weights(a, b)
+        assert metrics(a) == metrics(b)
+        assert not list((b / "checkpoints").glob(".*.tmp"))
+    faults.survived("bit-exact")
 
 
 # --- one writer per run directory ----------------------------------------------------------------------------

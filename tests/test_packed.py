@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import resnetlab.engine.packed as packed_module
 from resnetlab.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetlab.cli import main
 from resnetlab.config import apply_overrides, set_values
@@ -199,9 +200,24 @@ def test_packed_initialisation_is_the_single_runs(data_dir, tmp_path):
                 torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-6, atol=1e-12)
 
 
-def test_packed_resume_is_exact_and_a_seed_resumes_alone(data_dir, tmp_path, monkeypatch):
-    """Stopped at iteration 6 (mid-epoch, between checkpoints) and resumed, a packed run ends bit-identical to
-    an uninterrupted one; and each seed's checkpoint continues as an ordinary single run."""
+def assert_same_runs(whole: list[Path], other: list[Path]) -> None:
+    """Each seed's last checkpoint and its records (timings aside), bit for bit."""
+    for a, b in zip(whole, other):
+        sa, sb = load_checkpoint(a / "checkpoints/last.pt"), load_checkpoint(b / "checkpoints/last.pt")
+        assert sa["iteration"] == sb["iteration"] == 20
+        for key in sa["model"]:
+            assert torch.equal(sa["model"][key], sb["model"][key]), key
+        for key in ("loader", "schedule", "window", "optimizer"):
+            assert str(sa[key]) == str(sb[key]), key
+        assert metrics(a) == metrics(b)
+
+
+def test_packed_resume_is_exact_and_a_seed_resumes_alone(data_dir, tmp_path, monkeypatch, capsys):
+    """Stopped at iteration 7 (mid-epoch, between checkpoints and between two logs) and resumed, a packed run
+    ends bit-identical to an uninterrupted one, records included (issue 20: the steps since the last log were
+    missing from the saved training statistics). A stop during the K checkpoint writes of iteration 12 (seed 3
+    saved, 4 and 5 not) comes back level at 8 and ends bit-identical too. Each seed's checkpoint continues as an
+    ordinary single run."""
     config = tiny_config(data_dir)
     whole = [tmp_path / "whole" / f"seed{s}" for s in SEEDS]
     train_packed(config, SEEDS, whole, progress=False)
@@ -210,22 +226,34 @@ def test_packed_resume_is_exact_and_a_seed_resumes_alone(data_dir, tmp_path, mon
 
     def step(self):
         calls["n"] += 1
-        if calls["n"] == 6:
+        if calls["n"] == 7:
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the step finishes, all K runs are saved
         real(self)
 
     monkeypatch.setattr(FusedStep, "__call__", step)
-    assert train_packed(config, SEEDS, cut, progress=False)[0] == {"stopped": True, "iteration": 6}
+    assert train_packed(config, SEEDS, cut, progress=False)[0] == {"stopped": True, "iteration": 7}
     monkeypatch.setattr(FusedStep, "__call__", real)
     train_packed(config, SEEDS, cut, resume="auto", progress=False)
-    for a, b in zip(whole, cut):
-        sa, sb = load_checkpoint(a / "checkpoints/last.pt"), load_checkpoint(b / "checkpoints/last.pt")
-        assert sa["iteration"] == sb["iteration"] == 20
-        for key in sa["model"]:
-            assert torch.equal(sa["model"][key], sb["model"][key]), key
-        for key in ("loader", "schedule", "window", "optimizer"):
-            assert str(sa[key]) == str(sb[key]), key
-        assert metrics(a) == metrics(b)
+    assert_same_runs(whole, cut)
+
+    torn = [tmp_path / "torn" / f"seed{s}" for s in SEEDS]
+    write = packed_module.write_checkpoint
+
+    def power_cut_at_12(run, config, *args, **kwargs):
+        if config.train.seed == SEEDS[1] and args[1]["iteration"] == 12:
+            raise RuntimeError("power cut")
+        write(run, config, *args, **kwargs)
+
+    monkeypatch.setattr(packed_module, "write_checkpoint", power_cut_at_12)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_packed(config, SEEDS, torn, progress=False)
+    monkeypatch.setattr(packed_module, "write_checkpoint", write)
+    assert [load_checkpoint(o / "checkpoints/last.pt")["iteration"] for o in torn] == [12, 8, 8]
+    capsys.readouterr()
+    train_packed(config, SEEDS, torn, resume="auto", progress=False)
+    assert "every seed resumes from iteration 8" in capsys.readouterr().err
+    assert_same_runs(whole, torn)
+    assert not list(torn[0].glob("checkpoints/.*.tmp"))
     seed, out = SEEDS[0], tmp_path / "cut" / f"seed{SEEDS[0]}"
     more = apply_overrides(set_values(copy.deepcopy(config), {"train.seed": seed}), ["train.iterations=24"])
     train(more, out, resume="auto", progress=False)  # the single trainer takes the packed run's checkpoint
@@ -287,8 +315,16 @@ def test_packed_refusals(data_dir, tmp_path):
     short = apply_overrides(copy.deepcopy(config), ["train.iterations=4"])
     train_packed(short, [1, 2], [tmp_path / "a", tmp_path / "b"], progress=False)
     train(set_values(copy.deepcopy(config), {"train.seed": 1, "train.iterations": 8}), tmp_path / "a", resume="auto")
-    with pytest.raises(UserError, match="one iteration"):
+    with pytest.raises(UserError, match="one iteration"):  # a seed trained on alone: no kill to repair
         train_packed(config, [1, 2], [tmp_path / "a", tmp_path / "b"], resume="auto")
+    with pytest.raises(UserError, match="one iteration"):  # a seed added to two that ran: refused, no trace left
+        train_packed(short, [2, 3], [tmp_path / "b", tmp_path / "new" / "c"], resume="auto")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match="at most 16"):
+        train_packed(config, list(range(17)), [tmp_path / f"k{s}" for s in range(17)])
+    with pytest.raises(UserError, match="not a seed"):
+        train_packed(config, [2**63], [tmp_path / "huge"])
+    assert not (tmp_path / "k0").exists() and not (tmp_path / "huge").exists()
 
 
 def test_cli_train_seeds_writes_one_run_per_seed(data_dir, tmp_path, capsys):

@@ -6,6 +6,12 @@ initialisation (drawn from its seed exactly as a single run draws it), data orde
 metrics.jsonl and checkpoints. A checkpoint holds the single network and its optimizer state: it loads,
 evaluates, exports and resumes as a single run's (``--resume auto`` alone, or packed again with the others).
 
+Resume is exact, records included: each seed's running training statistics (its ``Window``) are summed on
+the device and saved as they stand there. The K checkpoints of one iteration are written one after another
+under a marker (``checkpoints/.packed-write.tmp`` in every seed's directory, removed once all K are written);
+a kill between them leaves the seeds at two iterations and the marker says so, and ``--resume auto`` brings
+the pack back level at the older one (each seed that got ahead goes back to its previous checkpoint).
+
 Per seed the loop keeps a ``TrainState`` around a single network (the "shadow": what is saved and restored);
 the packed network (``PackedNetworks``) and the fused step (``FusedStep``) train all K at once, and the K
 shadows are written from it at every checkpoint and read into it on resume.
@@ -14,8 +20,12 @@ shadows are written from it at every checkpoint and read into it on resume.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+import re
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +36,7 @@ from .. import runtime
 from ..config import RunConfig, set_values
 from ..errors import UserError
 from ..evaluation.metrics import Tally
+from ..files import write_json
 from ..models.packed import PackedNetworks
 from .fused import FusedStep
 from .inputs import TrainingData, build_data, memory_dataset, uses_memory_loader
@@ -46,13 +57,29 @@ from .trainer import (
     write_checkpoint,
 )
 
-__all__ = ["train_packed", "seed_configs", "packing_refusal"]
+__all__ = ["train_packed", "seed_configs", "packing_refusal", "MAX_SEEDS"]
+
+# The most networks one packed run trains. Each seed holds its own network, optimizer state, loader, data plan
+# and a batch of activations, and the step's time grows with K: 100 tiny seeds took 7 GB and 84 s for two
+# iterations on a CPU (issue 20). The paper's Table 6 has 5 seeds per network; 16 leaves room for more.
+MAX_SEEDS = 16
+PENDING = ".packed-write.tmp"  # in each seed's checkpoints/: the K checkpoints of an iteration are being written
 
 
 def seed_configs(config: RunConfig, seeds: list[int]) -> list[RunConfig]:
-    """``config`` once per seed, ``train.seed`` set."""
+    """``config`` once per seed, ``train.seed`` set; refuses a seed torch cannot take and more than
+    ``MAX_SEEDS`` seeds."""
     if not seeds:
         raise UserError("--seeds needs at least one seed")
+    out_of_range = [seed for seed in seeds if not 0 <= seed < 2**63]
+    if out_of_range:
+        raise UserError(f"--seeds: {out_of_range[0]} is not a seed (0 to 2**63 - 1)")
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(
+            f"--seeds packs at most {MAX_SEEDS} networks into one, got {len(seeds)}: each seed holds its own "
+            f"network, optimizer, data plan and batch of activations (memory and step time grow with every seed); "
+            f"train them in groups of at most {MAX_SEEDS} (each group its own --seeds command, same --out)"
+        )
     if len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds names a seed twice: {' '.join(map(str, seeds))}")
     return [set_values(copy.deepcopy(config), {"train.seed": seed}) for seed in seeds]
@@ -105,18 +132,15 @@ def train_packed(
         raise UserError(refusal)
     mirror = tensorboard_wanted(config.train.tensorboard)
     runs = [RunDir(out) for out in outs]
+    created = [_first_missing(run.path) for run in runs]  # what a refusal before training removes again
     acquired: list[RunDir] = []
+    started = False
     try:
         for run in runs:
             run.acquire()
             acquired.append(run)
         points = [_resume_point(run, resume, c, accept_resume_changes) for run, c in zip(runs, configs)]
-        reached = {0 if p is None else int(p.state["iteration"]) for p in points}
-        if len(reached) > 1:
-            listed = ", ".join(
-                f"{run.path}: {0 if p is None else p.state['iteration']}" for run, p in zip(runs, points)
-            )
-            raise UserError(f"packed runs must resume from one iteration, these are at {listed}; resume them singly")
+        points = _level(runs, configs, points, accept_resume_changes)
         dataset = memory_dataset(config, device)
         datas, states = [], []
         for c, point in zip(configs, points):
@@ -128,6 +152,7 @@ def train_packed(
             datas.append(data)
             states.append(state)
         loop = _PackedLoop(configs, runs, datas, states, device, progress, deadline)
+        started = True
         for run, c, data, state, point in zip(runs, configs, datas, states, points):
             run.mirror = TensorBoardMirror(run.tensorboard, state.iteration) if mirror else None
             _start_records(run, c, data, state, point, device, 1, None)
@@ -136,6 +161,115 @@ def train_packed(
     finally:
         for run in acquired:
             run.release()
+        if not started:  # refused: no empty seed folder is left behind
+            for run, missing in zip(acquired, created):
+                if missing is not None:
+                    _remove_unused(run, missing)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet; None if it exists."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove_unused(run: RunDir, top: Path) -> None:
+    """Remove ``run``'s folder (and its parents up to ``top``) if it holds nothing but the lock and an empty
+    checkpoints folder: what ``acquire`` made for a run that was then refused."""
+    if any(run.checkpoints.iterdir()) or {p.name for p in run.path.iterdir()} - {".lock", "checkpoints"}:
+        return
+    run.lock_file.unlink(missing_ok=True)
+    run.checkpoints.rmdir()
+    folder = run.path.absolute()
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run's folder lives there too
+            return
+        if folder == top:
+            return
+        folder = folder.parent
+
+
+def _level(
+    runs: list[RunDir], configs: list[RunConfig], points: list[ResumePoint | None], accept_changes: bool
+) -> list[ResumePoint | None]:
+    """The resume points of a pack, level. Seeds at different iterations resume together only when a kill cut
+    short the K checkpoint writes of an iteration (every seed's ``PENDING`` marker names it and the
+    iteration before it): each seed that got ahead goes back to its checkpoint of that earlier iteration
+    (its previous.pt; or a fresh start when there was none), and its newer checkpoints go, as the pack will
+    write them again. Otherwise (a seed trained on alone, a seed added) the pack is refused."""
+    at = [0 if p is None else int(p.state["iteration"]) for p in points]
+    if len(set(at)) <= 1:
+        return points
+    listed = ", ".join(f"{run.path.name}: {i}" for run, i in zip(runs, at))
+    low, high = min(at), max(at)
+    markers = [_read_pending(run) for run in runs]
+    if set(at) != {low, high} or any(m != {"iteration": high, "from": low} for m in markers):
+        raise UserError(f"packed runs must resume from one iteration, these are at {listed}; resume them singly")
+    level: list[ResumePoint | None] = []
+    for run, config, point, reached in zip(runs, configs, points, at):
+        if reached == low:
+            level.append(point)
+            continue
+        back = _checkpoint_at(run, config, low, accept_changes)
+        if low and back is None:
+            raise UserError(
+                f"the checkpoints of iteration {high} were cut short ({listed}) and {run.checkpoints} holds no intact "
+                f"checkpoint of iteration {low}; resume the seeds singly"
+            )
+        _roll_back(run, back, low)
+        level.append(back)
+    print(
+        f"resnetlab train: warning: a stop cut short the checkpoints of iteration {high} ({listed}); every seed "
+        f"resumes from iteration {low}",
+        file=sys.stderr,
+    )
+    return level
+
+
+def _read_pending(run: RunDir) -> dict[str, int] | None:
+    try:
+        return json.loads((run.checkpoints / PENDING).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkpoint_at(run: RunDir, config: RunConfig, iteration: int, accept_changes: bool) -> ResumePoint | None:
+    """``run``'s newest intact checkpoint of ``iteration`` (None if it has none)."""
+    for candidate in run.resume_candidates():
+        try:
+            point = _resume_point(run, str(candidate), config, accept_changes)
+        except UserError:
+            continue
+        if point is not None and int(point.state["iteration"]) == iteration:
+            return point
+    return None
+
+
+def _roll_back(run: RunDir, point: ResumePoint | None, iteration: int) -> None:
+    """Make ``point``'s checkpoint ``run``'s last.pt (or none, for a fresh start) and remove the periodic
+    copies after ``iteration``: the run directory then reads as the run at ``iteration``, and a later
+    ``keep_previous`` keeps a checkpoint of this run, not one of the iterations the pack is about to redo."""
+    for periodic in run.checkpoints.glob("iter_*.pt"):
+        found = re.fullmatch(r"iter_(\d+)\.pt", periodic.name)
+        if found and int(found.group(1)) > iteration:
+            periodic.unlink()
+    if point is None:
+        run.last.unlink(missing_ok=True)
+    elif point.path.resolve() != run.last.resolve():
+        tmp = run.checkpoints / f".last.pt.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(point.path, tmp)
+        except OSError:  # a file system without hard links: copy
+            shutil.copyfile(point.path, tmp)
+        os.replace(tmp, run.last)
+        point.path = run.last
 
 
 class _PackedLoop(_Loop):
@@ -179,6 +313,12 @@ class _PackedLoop(_Loop):
             device=device,
         )
         self._buffers_from_shadows()
+        # Each seed's window since the last evaluation goes on the device, where the fused step adds every step
+        # to it: a resumed run continues the very float64 sums the uninterrupted one holds.
+        windows = [[s.window.loss_sum, s.window.mistakes, float(s.window.images)] for s in states]
+        self.fused.stats.copy_(torch.tensor(windows, dtype=torch.float64))
+        self.unsynced = 0  # steps since the windows last took the device's sums
+        self.saved_at = states[0].iteration  # the iteration of the seeds' last.pt
         self.bar = Progress(total=tc.iterations, initial=states[0].iteration, enabled=progress, main=True)
         self.signal: str | None = None
         self.last_records: list[dict[str, Any]] = [{} for _ in states]
@@ -232,6 +372,7 @@ class _PackedLoop(_Loop):
         self.fused()
         s.iteration += 1
         self.steps_since_log += 1
+        self.unsynced += 1
         self.clock.queued = self.steps_since_log  # launched since the last sync: the device may still owe them
         warming = [k for k, state in enumerate(self.states) if state.schedule.in_warmup]
         if warming:
@@ -244,14 +385,19 @@ class _PackedLoop(_Loop):
                     self.bar.write(f"seed {self.configs[k].train.seed}, iteration {s.iteration}: warm-up done, lr {lr}")
         return lrs[0]
 
+    def _sync_windows(self) -> None:
+        """Each seed's window takes the device's sums since the last evaluation (a host sync)."""
+        sums = self.fused.stats.to("cpu", copy=True).tolist()  # a copy also on the CPU, where .cpu() would alias
+        for state, (loss_sum, mistakes, images) in zip(self.states, sums):
+            state.window.set_sums(loss_sum, mistakes, images, state.window.steps + self.unsynced)
+        self.unsynced = 0
+
     def log(self, lr: float) -> None:
-        stats = self.fused.take_stats()  # the one host sync of the interval
+        self._sync_windows()  # the one host sync of the interval
         now = time.perf_counter()
         self.clock.step_floor = (now - self.log_tick) / max(self.steps_since_log, 1)
         self.clock.queued = 0
-        for k, state in enumerate(self.states):
-            loss_sum, mistakes, images = stats[k].tolist()
-            state.window.add_sums(loss_sum, mistakes, images, self.steps_since_log)
+        for state in self.states:
             state.window.step_time += now - self.log_tick
         self.steps_since_log, self.log_tick = 0, now
         if any(state.window.nonfinite for state in self.states):
@@ -265,6 +411,7 @@ class _PackedLoop(_Loop):
     def evaluate(self, lr: float) -> None:
         it = self.state.iteration
         results = {name: self._evaluate_split(name) for name in self.datas[0].evals}
+        improved = []
         for k, (run, state, data) in enumerate(zip(self.runs, self.states, self.datas)):
             window, lr_k = state.window, state.schedule.lr_at(it - 1)
             record: dict[str, Any] = {
@@ -290,7 +437,10 @@ class _PackedLoop(_Loop):
             run.log(record)
             self.last_records[k] = record
             if best:
-                self._save_one(k, periodic=False, best=True)
+                improved.append(k)
+        self.fused.stats.zero_()  # the windows start again
+        if improved:  # all K, so that the seeds' last.pt stay at one iteration
+            self._save_all(periodic=False, best=improved)
         errors = " ".join(f"{r['test_top1_error']:.2%}" for r in self.last_records)
         rate = self.last_records[0]["images_per_s_all"]
         self.bar.write(f"iteration {it}: test error per seed {errors}; {rate:.0f} images/s in all")
@@ -317,26 +467,42 @@ class _PackedLoop(_Loop):
         return [tally_record(tally) for tally in tallies]
 
     def save(self, periodic: bool = False, best: bool = False) -> None:
-        started = time.perf_counter()
-        self._shadows_from_packed()
-        for k in range(self.k):
-            self._save_one(k, periodic=periodic, best=best, copied=True)
-        self.clock.saved(time.perf_counter() - started)
+        self._save_all(periodic=periodic, best=list(range(self.k)) if best else [])
 
-    def _save_one(self, k: int, *, periodic: bool, best: bool, copied: bool = False) -> None:
-        """Seed k's checkpoint, never a non-finite one (``_Loop.save``'s guarantee, per seed)."""
-        if not copied:
-            self._shadows_from_packed()
-        state, run = self.states[k], self.runs[k]
-        poisoned = state.nonfinite()
-        if state.window.nonfinite or poisoned:
-            what = "the training loss" if state.window.nonfinite else f"the weights ({poisoned[0]})"
-            raise TrainingDiverged(
-                f"seed {self.configs[k].train.seed}: {what} became NaN or infinite before iteration "
-                f"{state.iteration}; stopped without saving, the last good checkpoints are in "
-                + ", ".join(str(r.checkpoints) for r in self.runs)
-            )
-        write_checkpoint(run, self.configs[k], self.datas[k], state.state_dict(), periodic=periodic, best=best)
+    def _save_all(self, *, periodic: bool, best: list[int]) -> None:
+        """Every seed's checkpoint (and best copy for the seeds in ``best``), never a non-finite one
+        (``_Loop.save``'s guarantee, checked for all K before the first is written). The K writes happen under
+        each seed's ``PENDING`` marker, so that a resume after a kill between them knows to bring the pack
+        back level (``_level``)."""
+        started = time.perf_counter()
+        self._sync_windows()  # the steps since the last log too: the checkpoint holds the window as it stands
+        self._shadows_from_packed()
+        for k, state in enumerate(self.states):
+            poisoned = state.nonfinite()
+            if state.window.nonfinite or poisoned:
+                what = "the training loss" if state.window.nonfinite else f"the weights ({poisoned[0]})"
+                raise TrainingDiverged(
+                    f"seed {self.configs[k].train.seed}: {what} became NaN or infinite before iteration "
+                    f"{state.iteration}; stopped without saving, the last good checkpoints are in "
+                    + ", ".join(str(r.checkpoints) for r in self.runs)
+                )
+        iteration = self.state.iteration
+        pending = {"iteration": iteration, "from": self.saved_at}
+        for run in self.runs:
+            try:
+                write_json(run.checkpoints / PENDING, pending, indent=None)
+            except OSError as err:
+                raise UserError(
+                    f"cannot write {run.checkpoints / PENDING} ({err.strerror or err}); the last good checkpoints "
+                    f"are those of iteration {self.saved_at}; free space, then continue with --resume auto"
+                ) from None
+        for k, (run, state) in enumerate(zip(self.runs, self.states)):
+            training = state.state_dict()
+            write_checkpoint(run, self.configs[k], self.datas[k], training, periodic=periodic, best=k in best)
+        for run in self.runs:
+            (run.checkpoints / PENDING).unlink(missing_ok=True)
+        self.saved_at = iteration
+        self.clock.saved(time.perf_counter() - started)
 
     def announce_packed(self, points: list[ResumePoint | None]) -> None:
         tc, data = self.config.train, self.data

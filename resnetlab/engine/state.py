@@ -62,14 +62,13 @@ class Window:
         self.images += int(images)
         self.steps += len(stacked)
 
-    def add_sums(self, loss_sum: float, mistakes: float, images: float, steps: int) -> None:
-        """Fold in sums already taken on the device over ``steps`` steps (the fused step's statistics)."""
+    def set_sums(self, loss_sum: float, mistakes: float, images: float, steps: int) -> None:
+        """Take the sums since the last evaluation as the device holds them (the fused step keeps the window's
+        sums there and adds each step in float64; copied, not folded in, so that a resume that puts them back
+        continues the same additions)."""
         if not math.isfinite(loss_sum):
             self.nonfinite = True
-        self.loss_sum += loss_sum
-        self.mistakes += mistakes
-        self.images += int(images)
-        self.steps += steps
+        self.loss_sum, self.mistakes, self.images, self.steps = loss_sum, mistakes, int(images), steps
 
     def summary(self) -> dict[str, float]:
         return {
