@@ -122,7 +122,7 @@ def predict_command(
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     chosen, note = choose_runtime(runtime_name, torch_device, compile=compile)
-    bundle = load_inference(checkpoint, runtime=chosen, device=torch_device, compile=compile)
+    bundle = load_inference(checkpoint, runtime=chosen, device=torch_device, compile=compile, fallback=not runtime_name)
     results = predict_images(bundle, images, top=top, view=view, device=torch_device)
     for r in results:
         if r.error is not None:
@@ -135,6 +135,7 @@ def predict_command(
                 print(r.image)
                 for row in r.top:
                     print(f"  {row['probability']:7.2%}  {row['class']}")
-    if note:  # after the output: a refused command's stderr is its one error line
-        print(note, file=sys.stderr)
+    for line in [*bundle.notes, note]:  # after the output: a refused command's stderr is its one error line
+        if line:
+            print(line, file=sys.stderr)
     return 2 if any(r.error is not None for r in results) else 0  # a damaged input file, as everywhere
