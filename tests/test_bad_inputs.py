@@ -117,6 +117,16 @@ def halved_copy(c: Ctx) -> Callable[[Path], object]:
     return lambda path: path.write_bytes(c.good.image.read_bytes()[: c.good.image.stat().st_size // 2])
 
 
+def exported(c: Ctx, fmt: str) -> Path:
+    """The good checkpoint exported as ``fmt`` (torchscript, pt2, onnx): a file that is not a checkpoint."""
+    suffix = {"torchscript": "ts", "pt2": "pt2", "onnx": "onnx"}[fmt]
+    return export_model(c.good.checkpoint, fmt, c.tmp / f"model.{suffix}").path
+
+
+def not_utf8(c: Ctx, name: str) -> Path:
+    return Path(os.fsdecode(os.fsencode(c.tmp) + b"/" + name.encode("latin-1")))  # Latin-1 bytes: not UTF-8
+
+
 def export(checkpoint: Path, out: Path) -> list:
     return ["export", "--checkpoint", checkpoint, "--format", "safetensors", "--out", out]
 
@@ -338,6 +348,16 @@ CASES = [
     Bad("predict/truncated-png", lambda c: predict_file(c, "half.png", halved_copy(c)), "half.png"),
     Bad("predict/png-short-idat", lambda c: predict_file(c, "short.png", short_idat), "short.png"),
     Bad("predict/png-bad-filter", lambda c: predict_file(c, "filter.png", bad_filter), "filter.png"),
+    Bad("predict/torchscript-export", lambda c: predict(exported(c, "torchscript"), c), "model.ts.*TorchScript"),
+    Bad("predict/pt2-export", lambda c: predict(exported(c, "pt2"), c), "model.pt2.*pt2 archive"),
+    Bad("eval/onnx-model", lambda c: evaluate(exported(c, "onnx"), c), "model.onnx.*ONNX"),
+    Bad("train/init-torchscript-export", lambda c: train(c, "--init", exported(c, "torchscript")), "TorchScript"),
+    Bad("train/init-pt2-export", lambda c: train(c, "--init", exported(c, "pt2")), "pt2 archive"),
+    Bad(
+        "train/out-not-utf8-with-tensorboard-on",
+        lambda c: train(c, "--set", "train.tensorboard=on", out=not_utf8(c, "runé")),
+        "tensorboard",
+    ),  # fmt: skip
     Bad("export/text-file", lambda c: export(c.file("notes.pt", "hello\n"), c.tmp / "m.safetensors"), "notes.pt"),
     Bad(
         "export/bit-flipped-checkpoint",
@@ -362,6 +382,8 @@ def test_a_bad_input_is_refused_with_one_line(case, ctx, capsys, faults):
     line = error_line(run_cli(argv, capsys), str(argv[0]))
     if case.match:
         assert re.search(case.match, line, re.IGNORECASE), f"{line!r} does not say {case.match!r}"
+    assert "weights_only" not in line, "torch's advice to load with weights_only=False, which runs code"
+    assert "corrupted" not in line, "torch calling an intact archive it cannot read corrupted"
     assert not (ctx.tmp / "pwned").exists(), "a pickle's code ran"
     faults.survived()
 
