@@ -885,3 +885,35 @@ def test_eval_beside_a_read_only_checkpoint_still_evaluates(onnx_cache, tmp_path
     if how == "blocked":  # a folder asked for by name that cannot be written: still the one-line error
         assert "--out" in error_line(given, "eval")
     faults.survived()
+
+
+def test_resuming_a_finished_run_reports_its_final_error(lab, tmp_path, capsys):
+    """--resume auto on a run that has already done its iterations evaluates nothing; it reported "final test
+    error nan%" with exit 0. It reports the run's recorded final error."""
+    run = Path(shutil.copytree(lab.reference, tmp_path / "run"))
+    outcome = run_cli([*train_argv(lab.data, run), "--resume", "auto"], capsys)
+    assert outcome.code == 0, outcome.describe()
+    final = [r for r in metrics(lab.reference) if "test_top1_error" in r][-1]["test_top1_error"]
+    assert "nan%" not in outcome.out and f"final test error {final:.2%}" in outcome.out, outcome.out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs tensorboard")
+def test_a_run_folder_whose_name_is_not_utf8(lab, tmp_path, capsys, monkeypatch, faults):
+    """tensorboard encodes its paths as UTF-8: before, such an --out was a 33-line traceback. ``auto`` trains
+    without the mirror and says so in one line; ``on`` is refused in one line before anything is written; the
+    curves are still drawn (the folder's name shown with U+FFFD) and ``done:`` prints the name's own bytes even
+    where stdout is strict UTF-8."""
+    import io
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict"))
+    run = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    faults.inject("bad_input", "train --out not UTF-8")
+    outcome = run_cli([*train_argv(lab.data, run, "train.iterations=2"), "--set", "train.tensorboard=auto"], capsys)
+    assert outcome.code == 0 and outcome.exception is None, outcome.describe()
+    notes = [line for line in outcome.stderr_lines if line.startswith("note:")]
+    assert len(notes) == 1 and "UTF-8" in notes[0] and "TensorBoard" in notes[0], outcome.describe()
+    assert (run / "metrics.jsonl").is_file() and (run / "curves.png").is_file() and not (run / "tensorboard").exists()
+    other = Path(os.fsdecode(os.fsencode(tmp_path) + b"/th\xe9"))
+    line = error_line(run_cli([*train_argv(lab.data, other), "--set", "train.tensorboard=on"], capsys), "train")
+    assert "UTF-8" in line and "train.tensorboard=off" in line and not other.exists()
+    faults.survived()
