@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -99,6 +100,30 @@ def check_archive(path: Path) -> None:
         )
 
 
+def _foreign_file(path: Path) -> str | None:
+    """What ``path`` is when it is one of the files ``resnetlab export`` writes that are not checkpoints (a
+    TorchScript or pt2 archive, an ONNX model), from its zip entry names or its first bytes; None otherwise.
+    Asked before ``torch.load``, which calls a TorchScript archive a TorchScript archive only with a warning
+    and a hint to load it with ``weights_only=False`` (which runs code), and a pt2 archive "corrupted"."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = {name.rsplit("/", 1)[-1] for name in archive.namelist()}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+            return None  # left to check_archive's one line
+        if "constants.pkl" in names:
+            return "a TorchScript archive (resnetlab export --format torchscript)"
+        if "archive_format" in names or "model.json" in names:
+            return "a pt2 archive (resnetlab export --format pt2, torch.export)"
+        return None
+    with open(path, "rb") as f:
+        head = f.read(64)
+    # An ONNX ModelProto starts with field 1 (ir_version, a varint): 0x08, then a small version number.
+    if path.suffix == ".onnx" or (head[:1] == b"\x08" and 0 < head[1] < 64 and b"\x12" in head[2:4]):
+        return "an ONNX model (resnetlab export --format onnx)"
+    return None
+
+
 def _refuse_empty(path: Path) -> None:
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty (0 bytes): a copy or a save that was cut short?")
@@ -113,21 +138,37 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     _refuse_empty(path)
+    if (kind := _foreign_file(path)) is not None:
+        raise UserError(f"{path} is {kind}, not a checkpoint; pass the checkpoint it was exported from")
     check_archive(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about what the file is: the error says it in one line
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({first})"
+            f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({_torch_reason(err)})"
         ) from None
     except Exception as err:  # torch.load on bytes that are not a checkpoint raises anything (KeyError, ...)
-        raise UserError(
-            f"cannot read checkpoint {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        ) from None
+        raise UserError(f"cannot read checkpoint {path}: {_torch_reason(err)}") from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is not a resnetlab checkpoint (found a {type(state).__name__}, not a dict)")
     return state
+
+
+def _torch_reason(err: Exception) -> str:
+    """The first line of torch.load's error without its advice: torch suggests ``weights_only=False``, which
+    runs whatever code the file holds, and calls any archive it cannot find its pickle in "corrupted"."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    first = lines[0]
+    for advice in (" In PyTorch 2.6", " Re-running `torch.load`", " This is an internal miniz error"):
+        first = first.split(advice, 1)[0]
+    if first == "Weights only load failed.":  # what was refused is on a later line
+        detail = [line for line in lines[1:] if not line.startswith(("Check the documentation", "Please file"))]
+        first = f"{first} {detail[0]}" if detail else first
+    return first
 
 
 def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:

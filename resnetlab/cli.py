@@ -528,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A path whose name is not UTF-8 (Latin-1 bytes, surrogate-escaped in Python) is printed as the bytes it
+    # is, as ls prints it; under a UTF-8 locale stdout is strict and the first `done: RUN_DIR` was a traceback.
+    if callable(getattr(sys.stdout, "reconfigure", None)):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         return args.func(args)
     except UserError as err:

@@ -27,6 +27,7 @@ from resnetlab.deploy import export_model
 from resnetlab.models import create_model
 
 from faultcheck import Evil, error_line, faults, flip_bit, run_cli  # noqa: F401 (a fixture)
+from test_data_bad_inputs import crafted_png
 from test_eval import make_checkpoint, write_val_folder
 from test_train import write_idx
 
@@ -105,6 +106,27 @@ def predict(checkpoint: Path, c: Ctx, *extra) -> list:
     return ["predict", "--checkpoint", checkpoint, c.good.image, *extra]
 
 
+def predict_file(c: Ctx, name: str, make: Callable[[Path], object]) -> list:
+    """``predict`` (torch runtime: no ONNX export per case) of one file made by ``make`` in tmp."""
+    path = c.tmp / name
+    make(path)
+    return ["predict", "--checkpoint", c.good.checkpoint, path, "--runtime", "torch"]
+
+
+def halved_copy(c: Ctx) -> Callable[[Path], object]:
+    return lambda path: path.write_bytes(c.good.image.read_bytes()[: c.good.image.stat().st_size // 2])
+
+
+def exported(c: Ctx, fmt: str) -> Path:
+    """The good checkpoint exported as ``fmt`` (torchscript, pt2, onnx): a file that is not a checkpoint."""
+    suffix = {"torchscript": "ts", "pt2": "pt2", "onnx": "onnx"}[fmt]
+    return export_model(c.good.checkpoint, fmt, c.tmp / f"model.{suffix}").path
+
+
+def not_utf8(c: Ctx, name: str) -> Path:
+    return Path(os.fsdecode(os.fsencode(c.tmp) + b"/" + name.encode("latin-1")))  # Latin-1 bytes: not UTF-8
+
+
 def export(checkpoint: Path, out: Path) -> list:
     return ["export", "--checkpoint", checkpoint, "--format", "safetensors", "--out", out]
 
@@ -126,6 +148,18 @@ def damaged_image(c: Ctx, name: str, damage: Callable[[Path], object]) -> list:
 
 def halve(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def short_idat(path: Path) -> None:
+    crafted_png(path, "short-idat")  # libpng: "Not enough image data", then a segfault (before: exit 139)
+
+
+def broken_zlib(path: Path) -> None:
+    crafted_png(path, "broken-zlib")
+
+
+def bad_filter(path: Path) -> None:
+    crafted_png(path, "bad-filter")
 
 
 def self_loop(path: Path) -> None:
@@ -224,6 +258,8 @@ CASES = [
         lambda c: damaged_image(c, "k2/0000.png", lambda p: p.write_bytes(os.urandom(600))),
         "0000.png",
     ),  # fmt: skip
+    Bad("data/png-short-idat", lambda c: damaged_image(c, "k6/0000.png", short_idat), "0000.png"),
+    Bad("data/png-idat-broken-zlib", lambda c: damaged_image(c, "k6/0000.png", broken_zlib), "0000.png"),
     Bad("data/zero-byte-image", lambda c: damaged_image(c, "k4/0000.png", lambda p: p.write_bytes(b"")), "0000.png"),
     Bad("data/symlink-loop-image", lambda c: damaged_image(c, "k5/0000.png", self_loop), "0000.png"),
     Bad("data/symlink-loop-split", lambda c: damaged_folder(c, "train", self_loop), "train"),
@@ -316,6 +352,19 @@ CASES = [
         "predict/bit-flipped-export", lambda c: predict(flipped(c, c.good.export, "flipped.safetensors"), c), "flipped"
     ),  # fmt: skip
     Bad("predict/malicious-pickle", lambda c: predict(evil(c), c), "evil.pt"),
+    Bad("predict/truncated-png", lambda c: predict_file(c, "half.png", halved_copy(c)), "half.png"),
+    Bad("predict/png-short-idat", lambda c: predict_file(c, "short.png", short_idat), "short.png"),
+    Bad("predict/png-bad-filter", lambda c: predict_file(c, "filter.png", bad_filter), "filter.png"),
+    Bad("predict/torchscript-export", lambda c: predict(exported(c, "torchscript"), c), "model.ts.*TorchScript"),
+    Bad("predict/pt2-export", lambda c: predict(exported(c, "pt2"), c), "model.pt2.*pt2 archive"),
+    Bad("eval/onnx-model", lambda c: evaluate(exported(c, "onnx"), c), "model.onnx.*ONNX"),
+    Bad("train/init-torchscript-export", lambda c: train(c, "--init", exported(c, "torchscript")), "TorchScript"),
+    Bad("train/init-pt2-export", lambda c: train(c, "--init", exported(c, "pt2")), "pt2 archive"),
+    Bad(
+        "train/out-not-utf8-with-tensorboard-on",
+        lambda c: train(c, "--set", "train.tensorboard=on", out=not_utf8(c, "runé")),
+        "tensorboard",
+    ),  # fmt: skip
     Bad("export/text-file", lambda c: export(c.file("notes.pt", "hello\n"), c.tmp / "m.safetensors"), "notes.pt"),
     Bad(
         "export/bit-flipped-checkpoint",
@@ -340,6 +389,8 @@ def test_a_bad_input_is_refused_with_one_line(case, ctx, capsys, faults):
     line = error_line(run_cli(argv, capsys), str(argv[0]))
     if case.match:
         assert re.search(case.match, line, re.IGNORECASE), f"{line!r} does not say {case.match!r}"
+    assert "weights_only" not in line, "torch's advice to load with weights_only=False, which runs code"
+    assert "corrupted" not in line, "torch calling an intact archive it cannot read corrupted"
     assert not (ctx.tmp / "pwned").exists(), "a pickle's code ran"
     faults.survived()
 

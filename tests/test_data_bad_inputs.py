@@ -34,6 +34,41 @@ def png_header(path, width: int, height: int) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
 
 
+def _chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
+    crc = zlib.crc32(kind + data) if crc is None else crc
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+# Damaged PNG image streams behind a valid header. torchvision 0.29's libpng decoder kills the process on each
+# (SIGSEGV after "libpng error: ..."), so read_image must never hand it one (issue 20, item 11).
+CRAFTED_PNGS = ("short-idat", "idat-crc", "broken-zlib", "bad-filter")
+
+
+def crafted_png(path, damage: str, size: int = 32):
+    """A ``size`` x ``size`` RGB PNG, valid but for ``damage``: ``short-idat`` (a complete zlib stream of 60
+    bytes where ``size * (1 + 3 * size)`` are due: an IDAT of 70-odd bytes, libpng's "Not enough image
+    data"), ``idat-crc`` (the IDAT fails its CRC), ``broken-zlib`` (no deflate stream), ``bad-filter`` (a row's
+    filter byte is 9). Returns ``path``."""
+    rows = np.random.default_rng(0).integers(0, 256, (size, 1 + 3 * size), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type "none" on every row
+    raw, crc = rows.tobytes(), None
+    if damage == "short-idat":
+        idat = zlib.compress(raw[:60])
+    elif damage == "idat-crc":
+        idat, crc = zlib.compress(raw), 1234
+    elif damage == "broken-zlib":
+        idat = b"\x78\x9c" + bytes(range(200))
+    elif damage == "bad-filter":
+        rows[size // 2, 0] = 9
+        idat = zlib.compress(rows.tobytes())
+    else:
+        raise ValueError(damage)
+    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
+    body = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat, crc) + _chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
 def truncate(path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -232,3 +267,62 @@ def test_a_bad_file_met_in_a_loader_worker_is_still_one_line(cifar_folder):
     message = user_message(caught.value)
     assert "\n" not in message and message.startswith(f"{bad}: truncated")
     assert user_message(UserError("plain message")) == "plain message"
+
+
+# --- crafted PNGs (issue 20, item 11) ------------------------------------------------------------------------
+
+DECODE_EACH = """
+import sys
+from pathlib import Path
+from resnetlab.data import read_image
+from resnetlab.data.decode import BadImage
+for name in sys.argv[1:]:
+    try:
+        print(name, "decoded", tuple(read_image(Path(name), 3).shape))
+    except BadImage as bad:
+        print(name, "bad", bad.reason)
+"""
+
+
+def test_a_crafted_png_is_a_bad_image_not_a_crash(tmp_path):
+    """Each damaged stream is decoded (PIL does not check an IDAT's CRC; the pixels are whole) or refused as a
+    BadImage; before, the first one killed the process (exit -11, "libpng error: Not enough image data").
+    Run in a child process so that a crash fails this test and not the whole session."""
+    paths = [str(crafted_png(tmp_path / f"{damage}.png", damage)) for damage in CRAFTED_PNGS]
+    proc = subprocess.run([sys.executable, "-c", DECODE_EACH, *paths], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome = dict(line.split(" ", 2)[:2] for line in proc.stdout.splitlines())
+    assert outcome == {
+        paths[0]: "bad",  # short IDAT
+        paths[1]: "decoded",  # a wrong IDAT CRC alone: the image data is complete
+        paths[2]: "bad",
+        paths[3]: "bad",
+    }, proc.stdout
+    assert "truncated or corrupt" in proc.stdout
+
+
+def test_a_png_with_a_short_idat_is_refused_or_skipped_like_any_bad_image(cifar_folder):
+    """``data`` (and ``train``, which decodes the same way) on a class folder holding the crafted file: exit 2
+    with one line naming it, or under --skip-bad-images the file is counted and left out (before: exit 139)."""
+    bad = crafted_png(cifar_folder / "train" / "k3" / "0002.png", "short-idat")
+    run = [sys.executable, "-m", "resnetlab", "data", "cifar10", "--data-dir", str(cifar_folder), "--no-download"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"resnetlab data: error: {bad}: truncated or corrupt")
+    proc = subprocess.run([*run, "--skip-bad-images"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "splits: train 29, test 10; 1 bad image(s) skipped" in proc.stdout  # 0002.png was replaced
+
+
+def test_a_png_decodes_to_the_same_pixels_through_pil(tmp_path):
+    """PNG goes through PIL now: an RGB and a grayscale PNG give their exact pixels, in both channel counts
+    (grayscale from RGB by ITU-R 601-2 luma, as for every other format)."""
+    rng = np.random.default_rng(3)
+    rgb, gray = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    assert torch.equal(read_image(tmp_path / "rgb.png", 3), torch.from_numpy(rgb).permute(2, 0, 1))
+    assert torch.equal(read_image(tmp_path / "gray.png", 1), torch.from_numpy(gray)[None])
+    assert torch.equal(read_image(tmp_path / "gray.png", 3), torch.from_numpy(gray)[None].expand(3, 5, 7))
+    luma = np.asarray(Image.fromarray(rgb).convert("L"))
+    assert torch.equal(read_image(tmp_path / "rgb.png", 1), torch.from_numpy(luma)[None])

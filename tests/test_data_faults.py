@@ -240,3 +240,34 @@ def test_eval_split_val_with_a_held_out_split_says_which(data_env, tmp_path, cap
     assert evaluate_checkpoint(ckpt, split="val", workers=0).images == 3
     note = capsys.readouterr().err
     assert "held out of train/" in note and "--split test" in note and "val/" in note
+
+
+# --- 6. crafted images (issue 20, item 11) ----------------------------------------------------------------
+def test_streamed_training_skips_a_png_with_a_short_idat(data_env, tmp_path, image_folder):
+    """A PNG whose header is valid and whose IDAT holds too little image data passes the quick check before
+    training (it ends in IEND), then is met mid-epoch by the loader: under on_bad_image=skip it is dropped from
+    its batch and training goes on; before, libpng's "Not enough image data" killed the process (exit 139)."""
+    from resnetlab.engine import train
+    from resnetlab.presets import get_preset
+
+    from test_data_bad_inputs import crafted_png
+
+    root = image_folder(tmp_path / "data", counts={"train": 2, "val": 1}, eval_split="val")["root"]
+    crafted_png(root / "train" / "cat" / "0002.png", "short-idat")
+    config = apply_overrides(
+        get_preset("imagenet-resnet18"),
+        [
+            f"data.data_dir={root}",
+            "data.loader=stream",
+            "data.num_workers=0",
+            "data.on_bad_image=skip",
+            "model.name=cifar_resnet8",
+            "optim.batch_size=7",  # the 7 files, one of them bad: every batch of the epoch meets it
+            "train.iterations=1",
+            "train.eval_every=1",
+            "train.tensorboard=off",
+            "train.device=cpu",
+        ],
+    )
+    record = train(config, tmp_path / "run", progress=False)
+    assert record["iteration"] == 1 and record["test_images"] == 3

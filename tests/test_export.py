@@ -161,3 +161,58 @@ def test_export_errors(checkpoint, tmp_path, capsys):
         == 2
     )
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+# --- a pt2 (or TorchScript) file is code (issue 20, item 13) --------------------------------------------------
+
+
+def test_pt2_and_torchscript_are_loaded_only_from_the_bytes_just_written(checkpoint, tmp_path, monkeypatch):
+    """torch.export.load unpickles a pt2 file's weights with weights_only off: a crafted file runs its code. The
+    one place resnetlab loads one is export's read-back, and only from the bytes whose SHA-256 it took when
+    writing them: a file changed in between is refused, never loaded."""
+    from resnetlab.deploy import export as export_module
+
+    monkeypatch.setattr(export_module, "sha256_file", lambda path: "0" * 64)  # as if the file changed since
+    for fmt in ("pt2", "torchscript"):
+        with pytest.raises(UserError, match="changed after it was written"):
+            export_model(checkpoint, fmt, tmp_path / f"model.{fmt}")
+
+
+def test_nothing_in_resnetlab_loads_code_from_a_file_it_did_not_just_write():
+    """Every torch.export.load and torch.jit.load in resnetlab's source reads ``_written_bytes(...)``, and the
+    module that does says that a pt2 file is code."""
+    import ast
+    from pathlib import Path
+
+    import resnetlab
+
+    calls = []
+    for source in Path(resnetlab.__file__).parent.rglob("*.py"):
+        text = source.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                owner = ast.unparse(node.func.value)
+                if owner in ("torch.export", "torch.jit", "export", "jit"):
+                    calls.append((source.name, ast.unparse(node.args[0]) if node.args else ""))
+                    assert "pt2 file is code" in " ".join(text.split()), source
+    assert calls and all(arg.startswith("_written_bytes(") for _, arg in calls), calls
+
+
+def test_a_crafted_pt2_is_refused_unread_by_eval_and_predict(tmp_path, capsys):
+    """A zip that names itself a pt2 archive, holding a pickle that runs code: refused by what it is, before
+    torch reads a byte of it (torch.export.load would run it), and the pickle never runs."""
+    import pickle
+
+    from faultcheck import Evil
+
+    evil = tmp_path / "model.pt2"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("model/archive_format", "pt2")
+        archive.writestr("model/data/weights/weights.pkl", pickle.dumps(Evil(tmp_path / "pwned")))
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    for argv in (["predict", "--checkpoint", str(evil), str(image)], ["eval", "--checkpoint", str(evil)]):
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "pt2 archive" in line and "weights_only" not in line, line
+    assert not (tmp_path / "pwned").exists()

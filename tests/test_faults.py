@@ -11,6 +11,7 @@ need real processes; the rest calls ``resnetlab.cli.main`` in this process. Ever
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -711,3 +712,251 @@ def test_changes_that_keep_exactness_need_no_flag(lab, tmp_path, capsys):
     outcome = run_cli(argv, capsys)
     assert outcome.code == 0, outcome.describe()
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 11
+
+
+# --- the ONNX cache of eval and predict (issue 20, items 9 and 10) -------------------------------------------
+
+needs_onnx = pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in ("onnx", "onnxscript", "onnxruntime")),
+    reason="the optional extra resnetlab[onnx] is not installed",
+)
+
+
+@dataclass
+class Cache:
+    """Three networks on one ImageNet-layout folder and a cache holding each one's ONNX export (made once):
+    ``ours`` is the one evaluated, ``other`` another of the same shape, ``two`` one with two classes."""
+
+    data: Path
+    ours: Path
+    other: Path
+    two: Path
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    from resnetlab.deploy import load_inference
+
+    from test_eval import make_checkpoint, write_val_folder
+
+    root = tmp_path_factory.mktemp("onnx-cache")
+    data = write_val_folder(root / "imagenet")
+    nets = [
+        make_checkpoint(root / "ours.pt", data_dir=data, seed=11),
+        make_checkpoint(root / "other.pt", data_dir=data, seed=12),
+        make_checkpoint(root / "two.pt", data_dir=data, seed=13, classes=["cat", "dog"]),
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNETLAB_CACHE", str(root / "cache"))
+        for net in nets:
+            load_inference(net, runtime="onnxruntime")
+    return Cache(data, *nets, root / "cache")
+
+
+def _entry(checkpoint: Path) -> Path:
+    from resnetlab.deploy import onnx_cache_path, read_bundle
+
+    return onnx_cache_path(read_bundle(checkpoint))
+
+
+def _flip_in_largest_initializer(path: Path, bit: int) -> None:
+    """Flip ``bit`` (0: the lowest mantissa bit; 30: the exponent's top bit) of the float32 in the middle of
+    the largest weight of the ONNX file ``path``: the file still parses, the network computes another
+    function (an exponent flip: NaN or infinite scores)."""
+    import onnx
+
+    raw = path.read_bytes()
+    weight = max(onnx.load_from_string(raw).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    start = raw.find(weight)
+    assert start > 0 and len(weight) >= 64
+    offset = start + len(weight) // 2 // 4 * 4 + bit // 8  # little-endian float32
+    damaged = bytearray(raw)
+    damaged[offset] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(damaged))
+
+
+def _tamper(case: str, c: Cache) -> None:
+    ours, other, two = _entry(c.ours), _entry(c.other), _entry(c.two)
+    if case == "another-networks-export":
+        shutil.copyfile(other, ours)
+    elif case == "another-networks-export-and-sidecar":
+        shutil.copyfile(other, ours)
+        shutil.copyfile(other.with_suffix(".json"), ours.with_suffix(".json"))
+    elif case == "a-two-class-networks-export":
+        shutil.copyfile(two, ours)
+        shutil.copyfile(two.with_suffix(".json"), ours.with_suffix(".json"))
+    elif case == "a-symlink-to-another-export":
+        ours.unlink()
+        ours.symlink_to(other)
+    elif case == "a-mantissa-bit-flip":
+        _flip_in_largest_initializer(ours, 0)
+    elif case == "an-exponent-bit-flip":
+        _flip_in_largest_initializer(ours, 30)
+    elif case == "no-sidecar":
+        ours.with_suffix(".json").unlink()
+    elif case == "a-garbage-sidecar":
+        ours.with_suffix(".json").write_text("{not json")
+    else:
+        raise ValueError(case)
+
+
+TAMPERING = [
+    "another-networks-export",
+    "another-networks-export-and-sidecar",
+    "a-two-class-networks-export",
+    "a-symlink-to-another-export",
+    "a-mantissa-bit-flip",
+    "an-exponent-bit-flip",
+    "no-sidecar",
+    "a-garbage-sidecar",
+]
+
+
+@needs_onnx
+@pytest.mark.parametrize("case", TAMPERING)
+def test_a_tampered_onnx_cache_entry_is_exported_again(onnx_cache, tmp_path, capsys, monkeypatch, case, faults):
+    """The cached export is trusted by nothing but its own SHA-256 (kept in its sidecar with the network's
+    digest): replaced, linked or bit-flipped, it is exported again with a one-line note, and eval and predict
+    give the torch runtime's answers. Before: another network's accuracy and classes (89.67% for 83.67%), a
+    link followed, a mantissa flip passed, a two-class export a traceback, an exponent flip blamed on the
+    intact checkpoint ("a run that diverged?")."""
+    from resnetlab.deploy import runtimes
+
+    cache = Path(shutil.copytree(onnx_cache.cache, tmp_path / "cache", symlinks=True))
+    monkeypatch.setenv("RESNETLAB_CACHE", str(cache))
+    other_bytes = _entry(onnx_cache.other).read_bytes()
+    _tamper(case, onnx_cache)
+    faults.inject("fault", f"onnx cache: {case}")
+    image = next((onnx_cache.data / "val" / "cat").glob("*.png"))
+    by_torch = run_cli(["predict", "--checkpoint", onnx_cache.ours, image, "--json", "--runtime", "torch"], capsys)
+    before = runtimes.EXPORTS
+    by_ort = run_cli(["predict", "--checkpoint", onnx_cache.ours, image, "--json"], capsys)
+    assert by_ort.code == 0 and by_ort.exception is None, by_ort.describe()
+    (note,) = by_ort.stderr_lines
+    assert note.startswith("note: exported") and "again" in note, note
+    assert runtimes.EXPORTS == before + 1
+    (a,), (b,) = json.loads(by_ort.out), json.loads(by_torch.out)
+    assert [r["class"] for r in a["top"]] == [r["class"] for r in b["top"]]
+    assert [r["probability"] for r in a["top"]] == pytest.approx([r["probability"] for r in b["top"]], abs=1e-4)
+    ours = _entry(onnx_cache.ours)
+    assert not ours.is_symlink() and _entry(onnx_cache.other).read_bytes() == other_bytes  # the link's target kept
+    evals = {}
+    for runtime in ("torch", "onnxruntime"):
+        argv = ["eval", "--checkpoint", onnx_cache.ours, "--json", "--workers", "0", "--runtime", runtime]
+        outcome = run_cli([*argv, "--out", tmp_path / runtime], capsys)
+        assert outcome.code == 0 and outcome.stderr_lines == [], outcome.describe()  # verified: no note
+        evals[runtime] = json.loads(outcome.out)
+    assert evals["onnxruntime"]["top1_error"] == evals["torch"]["top1_error"]
+    assert runtimes.EXPORTS == before + 1  # the new entry was used as it is
+    faults.survived()
+
+
+def _unwritable_cache(tmp_path: Path, how: str) -> Path:
+    if how == "not-creatable":
+        blocker = tmp_path / "a-file"
+        blocker.write_text("x")
+        return blocker / "cache"  # mkdir fails (NotADirectoryError) for every user, root included
+    cache = tmp_path / "read-only-cache"
+    (cache / "onnx").mkdir(parents=True)
+    for folder in (cache / "onnx", cache):
+        folder.chmod(0o555)
+    if os.access(cache / "onnx", os.W_OK):
+        pytest.skip("this user (root) may write into a read-only directory")
+    return cache
+
+
+@needs_onnx
+@pytest.mark.parametrize("how", ["not-creatable", "read-only"])
+def test_an_unwritable_onnx_cache_falls_back_to_torch(onnx_cache, tmp_path, capsys, monkeypatch, how, faults):
+    """The default runtime needs an export the cache cannot take: torch runs the network, with a one-line note
+    after the output (before: predict failed). Asked for by name, onnxruntime is a one-line error naming the
+    cache and RESNETLAB_CACHE."""
+    monkeypatch.setenv("RESNETLAB_CACHE", str(_unwritable_cache(tmp_path, how)))
+    faults.inject("fault", f"onnx cache {how}")
+    image = next((onnx_cache.data / "val" / "cat").glob("*.jpg"))
+    outcome = run_cli(["predict", "--checkpoint", onnx_cache.ours, image, "--json"], capsys)
+    assert outcome.code == 0 and json.loads(outcome.out)[0]["top"], outcome.describe()
+    (note,) = outcome.stderr_lines
+    assert note.startswith("note: running with torch") and "RESNETLAB_CACHE" in note, note
+    argv = ["eval", "--checkpoint", onnx_cache.ours, "--workers", "0", "--out", tmp_path / "e"]
+    outcome = run_cli(argv, capsys)
+    assert outcome.code == 0 and "top-1" in outcome.out.lower(), outcome.describe()
+    assert [line for line in outcome.stderr_lines if line.startswith("note: running with torch")], outcome.describe()
+    refused = run_cli(["predict", "--checkpoint", onnx_cache.ours, image, "--runtime", "onnxruntime"], capsys)
+    assert "RESNETLAB_CACHE" in error_line(refused, "predict")
+    faults.survived()
+
+
+@needs_onnx
+def test_a_read_only_cache_with_a_valid_entry_is_used(onnx_cache, tmp_path, capsys, monkeypatch):
+    from resnetlab.deploy import runtimes
+
+    cache = Path(shutil.copytree(onnx_cache.cache, tmp_path / "cache"))
+    for folder in (cache / "onnx", cache):
+        folder.chmod(0o555)
+    monkeypatch.setenv("RESNETLAB_CACHE", str(cache))
+    before = runtimes.EXPORTS
+    image = next((onnx_cache.data / "val" / "cat").glob("*.jpg"))
+    outcome = run_cli(["predict", "--checkpoint", onnx_cache.ours, image, "--runtime", "onnxruntime"], capsys)
+    assert outcome.code == 0 and outcome.stderr_lines == [] and runtimes.EXPORTS == before, outcome.describe()
+
+
+@pytest.mark.parametrize("how", ["blocked", "read-only"])
+def test_eval_beside_a_read_only_checkpoint_still_evaluates(onnx_cache, tmp_path, capsys, how, faults):
+    """eval's default --out is beside the checkpoint (``last-eval/`` for ``last.pt``); a folder that cannot be
+    written there no longer refuses the evaluation: it is printed, and a note says the files were not written
+    and how to keep them. (``blocked``: a file in the way of the folder, which stops root too.)"""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    checkpoint = Path(shutil.copy(onnx_cache.ours, folder / "last.pt"))
+    if how == "blocked":
+        (folder / "last-eval").write_text("in the way")
+    else:
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user (root) may write into a read-only directory")
+    faults.inject("fault", f"eval beside a checkpoint: {how}")
+    for extra in ([], ["--json"]):
+        outcome = run_cli(["eval", "--checkpoint", checkpoint, "--workers", "0", "--runtime", "torch", *extra], capsys)
+        assert outcome.code == 0, outcome.describe()
+        (note,) = outcome.stderr_lines
+        assert "last-eval" in note and "--out" in note, note
+    assert json.loads(outcome.out)["files"] == [] and "top1_error" in json.loads(outcome.out)
+    given = run_cli(["eval", "--checkpoint", checkpoint, "--workers", "0", "--runtime", "torch", "--out",
+                     folder / "last-eval" / "x"], capsys)  # fmt: skip
+    if how == "blocked":  # a folder asked for by name that cannot be written: still the one-line error
+        assert "--out" in error_line(given, "eval")
+    faults.survived()
+
+
+def test_resuming_a_finished_run_reports_its_final_error(lab, tmp_path, capsys):
+    """--resume auto on a run that has already done its iterations evaluates nothing; it reported "final test
+    error nan%" with exit 0. It reports the run's recorded final error."""
+    run = Path(shutil.copytree(lab.reference, tmp_path / "run"))
+    outcome = run_cli([*train_argv(lab.data, run), "--resume", "auto"], capsys)
+    assert outcome.code == 0, outcome.describe()
+    final = [r for r in metrics(lab.reference) if "test_top1_error" in r][-1]["test_top1_error"]
+    assert "nan%" not in outcome.out and f"final test error {final:.2%}" in outcome.out, outcome.out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="needs tensorboard")
+def test_a_run_folder_whose_name_is_not_utf8(lab, tmp_path, capsys, monkeypatch, faults):
+    """tensorboard encodes its paths as UTF-8: before, such an --out was a 33-line traceback. ``auto`` trains
+    without the mirror and says so in one line; ``on`` is refused in one line before anything is written; the
+    curves are still drawn (the folder's name shown with U+FFFD) and ``done:`` prints the name's own bytes even
+    where stdout is strict UTF-8."""
+    import io
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict"))
+    run = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
+    faults.inject("bad_input", "train --out not UTF-8")
+    outcome = run_cli([*train_argv(lab.data, run, "train.iterations=2"), "--set", "train.tensorboard=auto"], capsys)
+    assert outcome.code == 0 and outcome.exception is None, outcome.describe()
+    notes = [line for line in outcome.stderr_lines if line.startswith("note:")]
+    assert len(notes) == 1 and "UTF-8" in notes[0] and "TensorBoard" in notes[0], outcome.describe()
+    assert (run / "metrics.jsonl").is_file() and (run / "curves.png").is_file() and not (run / "tensorboard").exists()
+    other = Path(os.fsdecode(os.fsencode(tmp_path) + b"/th\xe9"))
+    line = error_line(run_cli([*train_argv(lab.data, other), "--set", "train.tensorboard=on"], capsys), "train")
+    assert "UTF-8" in line and "train.tensorboard=off" in line and not other.exists()
+    faults.survived()

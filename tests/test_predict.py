@@ -34,7 +34,7 @@ def test_predict_jpeg_png_and_corrupt_files(tmp_path, images, capsys, monkeypatc
     monkeypatch.setenv("RESNETLAB_CACHE", str(tmp_path / "cache"))  # the default runtime may cache an ONNX export
     ckpt = make_checkpoint(tmp_path / "c.pt", dataset="cifar10")
     files = [images / n for n in ("photo.jpg", "truncated.jpg", "native.png", "notes.png", "gray.png")]
-    assert main(["predict", "--checkpoint", str(ckpt), *map(str, files), "--json"]) == 1  # some files failed
+    assert main(["predict", "--checkpoint", str(ckpt), *map(str, files), "--json"]) == 2  # some files failed
     captured = capsys.readouterr()
     errors = [line for line in captured.err.strip().splitlines() if not line.startswith("note: running with torch")]
     assert len(errors) == 2 and "Traceback" not in captured.err

@@ -20,6 +20,7 @@ from resnetlab.deploy import (
     load_inference,
     onnx_cache_path,
     predict_images,
+    read_bundle,
     runtimes,
 )
 from resnetlab.errors import UserError
@@ -129,13 +130,28 @@ def test_the_cache_is_reused_and_follows_the_checkpoints_content(tmp_path, image
 @needs_onnx
 def test_a_damaged_cache_entry_is_exported_again(tmp_path, imagenet, cache, capsys):
     checkpoint = make_checkpoint(tmp_path / "other.pt", data_dir=imagenet, seed=2)
-    path = onnx_cache_path(checkpoint)
+    path = onnx_cache_path(read_bundle(checkpoint))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not an onnx model")
     before = runtimes.EXPORTS
-    network = load_inference(checkpoint, runtime="onnxruntime").model
-    assert runtimes.EXPORTS == before + 1 and network.path == path and path.stat().st_size > 1000
-    assert "re-exporting" in capsys.readouterr().err
+    bundle = load_inference(checkpoint, runtime="onnxruntime")
+    assert runtimes.EXPORTS == before + 1 and bundle.model.path == path and path.stat().st_size > 1000
+    (note,) = bundle.notes  # printed by the commands after their output
+    assert "exported" in note and "again" in note and path.name in note
+    assert capsys.readouterr().err == ""
+    again = load_inference(checkpoint, runtime="onnxruntime")
+    assert runtimes.EXPORTS == before + 1 and again.notes == []  # the new entry verifies
+
+
+@needs_onnx
+def test_the_cache_key_is_the_network_read_not_the_file_hashed_later(tmp_path, imagenet, cache, monkeypatch):
+    """A checkpoint overwritten between being read and being hashed (``last.pt`` during training): the entry is
+    keyed by the network that was read and exported, never the new file's content."""
+    ckpt = make_checkpoint(tmp_path / "last.pt", data_dir=imagenet, seed=7)
+    first = read_bundle(ckpt)
+    make_checkpoint(ckpt, data_dir=imagenet, seed=8)  # the file changes; `first` is what was read
+    path = runtimes.cached_onnx(first).path
+    assert path == onnx_cache_path(first) != onnx_cache_path(read_bundle(ckpt))
 
 
 @needs_onnx

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from .cache import cache_root, file_key, fingerprint, load_tensors, save_tensors
-from .decode import check_policy, decode_files
+from .decode import DECODER_VERSION, check_policy, decode_files
 from .readers import idx_files, index_folder, read_cifar_python, read_idx_split, synthetic_images, walk_once
 from .sources import SPECS, Source, archive_image_folder, locate
 
@@ -205,7 +205,10 @@ def _cached_splits(
 ) -> tuple[_Splits, list[str], torch.Tensor, list[Path]]:
     """Every split of ``source`` from the cache, or decoded and written to it: (splits, classes, mean, files)."""
     spec = SPECS[source.dataset]
-    key = fingerprint(_source_lines(source), format=source.format, image_size=image_size, on_bad_image=on_bad_image)
+    decoder = {"decoder": DECODER_VERSION} if source.format in ("imagefolder", "archive") else {}  # image files
+    key = fingerprint(
+        _source_lines(source), format=source.format, image_size=image_size, on_bad_image=on_bad_image, **decoder
+    )
     where = hashlib.sha256(os.fsencode(source.path.resolve())).hexdigest()[:8]  # the name's bytes: any name
     folder = cache_root() / "decoded" / f"{source.dataset}-{where}"
     paths = {split: folder / f"{split}-{key[:16]}.safetensors" for split in ("train", spec.eval_split)}

@@ -3,11 +3,16 @@
 Every file is first opened lazily with PIL, which reads only the header: that is where a
 decompression-bomb-sized image is refused, before any pixel is decoded (PIL warns above
 ``Image.MAX_IMAGE_PIXELS``, 89.5 million pixels, and raises above twice that; both refuse the file here).
-Plain RGB or grayscale JPEG and PNG files are then decoded by torchvision.io (libjpeg-turbo/libpng
-straight to a tensor: with the header check, 1.2x PIL's speed on CIFAR's 32x32 JPEGs and 1.5x on a
-500x375 one, measured here; torchvision 0.29 deprecates these decoders in favour of TorchCodec, so PIL does
-the work once they are gone); every other mode goes through PIL and is converted to the dataset's
-channels:
+Plain RGB or grayscale JPEG files are then decoded by torchvision.io (libjpeg-turbo straight to a
+tensor: with the header check, 1.2x PIL's speed on CIFAR's 32x32 JPEGs and 1.5x on a 500x375 one, measured
+here; torchvision 0.29 deprecates these decoders in favour of TorchCodec, so PIL does the work once they are
+gone). PNG files go through PIL, never through torchvision's libpng decoder: that one kills the process
+(SIGSEGV, exit 139) on any libpng error past the header, which no ``except`` can catch: a short IDAT ("Not
+enough image data"), an IDAT that fails its CRC, a broken zlib stream, a bad filter byte (torchvision 0.29,
+tested in ``tests/test_data_bad_inputs.py``). Making such a file safe for libpng means checking every chunk's
+CRC, inflating the whole stream and checking each row's filter byte, which is most of a decode; PIL's own
+decoder raises an ``OSError`` on the same files instead. Every other mode goes through PIL too and is
+converted to the dataset's channels:
 
 - L, 1, P, RGBA, LA, CMYK, YCbCr -> RGB with PIL's conversions; alpha is dropped (as torchvision's
   ImageFolder does), a palette with transparency goes through RGBA first;
@@ -44,6 +49,10 @@ __all__ = ["BAD_IMAGE_POLICIES", "BadImage", "check_policy", "read_image", "deco
 log = logging.getLogger("resnetlab.data")
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+# What ``read_image`` returns for a given file, versioned: part of the decode cache's key for image files.
+# 2: PNG through PIL (RGB PNG -> grayscale is now ITU-R 601-2 luma, as for every other format; libpng used
+# Rec. 709's weights).
+DECODER_VERSION = 2
 SKIP_HINT = "fix or remove it, or skip bad images (on_bad_image='skip'; resnetlab data --skip-bad-images)"
 
 
@@ -89,7 +98,8 @@ def _with_pil(img: Image.Image, path: Path, channels: int) -> torch.Tensor:
         else:
             if img.mode == "P":
                 img = img.convert("RGBA")  # a palette's transparency survives only through RGBA
-            array = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+            target = "RGB" if channels == 3 else "L"
+            array = np.asarray(img if img.mode == target else img.convert(target))  # same mode: no extra copy
             array = array if array.ndim == 3 else array[..., None]
     except BadImage:
         raise
@@ -102,7 +112,8 @@ def _with_pil(img: Image.Image, path: Path, channels: int) -> torch.Tensor:
 def read_image(path: Path, channels: int) -> torch.Tensor:
     """One image file as uint8 (channels, H, W); raises BadImage for a file that cannot be one."""
     with open_image(path) as img:
-        if decode_image is not None and img.format in ("JPEG", "PNG") and img.mode in ("RGB", "L"):
+        # JPEG only: torchvision's PNG decoder crashes the process on a damaged image stream (see above).
+        if decode_image is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
             mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
             # The bytes are read here, not by torchvision.io.read_file: it takes the path as a str it must
             # encode as UTF-8, so a valid file whose name is not UTF-8 (b"caf\xe9.jpg", a surrogate-escaped

@@ -5,7 +5,7 @@ takes to feed it (class names, preprocessing). What each file holds is :mod:`res
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,16 @@ __all__ = ["InferenceBundle", "read_bundle", "load_bundle", "is_safetensors"]
 class InferenceBundle:
     """A network and what it expects: ``model`` takes ``preprocessing.normalizer()(pixels)`` and returns
     one score per name of ``classes``; ``record`` is what its file holds, ``source`` the file; ``runtime``
-    what runs ``model`` (``torch``, or ``onnxruntime``: see :mod:`.runtimes`)."""
+    what runs ``model`` (``torch``, or ``onnxruntime``: see :mod:`.runtimes`); ``notes``: one-line notes
+    for the user from preparing it (an ONNX cache entry exported again, a fallback to torch), which the
+    commands print after their output."""
 
     model: nn.Module
     record: NetworkRecord
     source: Path
     folded: bool = False
     runtime: str = "torch"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:

@@ -8,7 +8,11 @@ Formats:
   ``resnetlab eval`` and ``predict`` read it like a checkpoint; reading it unpickles nothing.
 - ``pt2``: torch.export's ``ExportedProgram`` of the folded network (``torch.export.export``, batch,
   height and width dynamic; ``torch.export.save``), the record as the archive's extra file
-  ``resnetlab.json``. Read with ``torch.export.load(path).module()``; the format torch now recommends.
+  ``resnetlab.json``. Read with ``torch.export.load(path).module()``; the format torch now recommends. **A
+  pt2 file is code**: ``torch.export.load`` unpickles its weights with ``weights_only`` off, so a crafted
+  file runs what it likes when loaded. Load one only from a trusted source; a network from anywhere else
+  comes as the ``safetensors`` export, which nothing can run. resnetlab itself loads a pt2 file only here,
+  reading back the file it has just written, from the bytes it checked against their SHA-256.
 - ``torchscript``: the folded network traced (``torch.jit.trace``; any batch and image size), with the
   same record as the extra file ``resnetlab.json`` (the mean as a nested list). For older consumers only:
   torch deprecates TorchScript (``torch.jit.load`` warns from torch 2.14) in favour of ``pt2``.
@@ -27,8 +31,10 @@ Files are written to a temporary name and renamed, so a failed export leaves no 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import io
 import json
 import sys
 import warnings
@@ -43,7 +49,7 @@ from torch import nn
 
 from ..checkpoint import CHECKSUM_KEY, MEAN_KEY, check_archive, export_checksum
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import atomic_path, sha256_file
 from .bundle import InferenceBundle, read_bundle
 from .fold import fold_batchnorm
 
@@ -127,7 +133,9 @@ def _dynamic_nhw() -> dict[int, Any]:
 
 def _write_pt2(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
     program = torch.export.export(folded, (_example(bundle),), dynamic_shapes=(_dynamic_nhw(),))
-    torch.export.save(program, str(tmp), extra_files={RECORD_FILE: json.dumps(_record(bundle))})
+    buffer = io.BytesIO()  # a path not ending in .pt2 (the temporary name) makes torch log a warning
+    torch.export.save(program, buffer, extra_files={RECORD_FILE: json.dumps(_record(bundle))})
+    tmp.write_bytes(buffer.getvalue())
 
 
 def _write_onnx(bundle: InferenceBundle, folded: nn.Module, tmp: Path) -> None:
@@ -161,8 +169,19 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, record: dict
     onnx.save(proto, str(path))
 
 
-def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
-    """A function running the exported file, or None (and why) when it cannot run here."""
+def _written_bytes(path: Path, sha256: str) -> io.BytesIO:
+    """The bytes of ``path``, which this process has just written with SHA-256 ``sha256``: TorchScript and
+    pt2 files are code (pickles that torch loads with weights_only off), so what is loaded is exactly what
+    was written, never a file swapped in since."""
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{path} changed after it was written (another process?); export it again")
+    return io.BytesIO(data)
+
+
+def _runner(fmt: str, path: Path, sha256: str) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """A function running the exported file (written with SHA-256 ``sha256``), or None (and why) when it
+    cannot run here."""
     if fmt == "safetensors":
         model = read_bundle(path).model
         return model, ""
@@ -170,10 +189,10 @@ def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor
         check_archive(path)  # a zip like a checkpoint: torch.jit.load does not check its CRCs either
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(path)).eval(), ""
+            return torch.jit.load(_written_bytes(path, sha256)).eval(), ""
     if fmt == "pt2":
-        check_archive(path)  # a zip as well, read by torch.export.load without checking its CRCs
-        return torch.export.load(str(path)).module(), ""
+        # Code (see the module docstring): loaded only as the file just written, from the bytes hashed.
+        return torch.export.load(_written_bytes(path, sha256)).module(), ""
     try:
         import onnxruntime
     except ImportError:
@@ -206,9 +225,10 @@ def export_bundle(bundle: InferenceBundle, fmt: str, out: str | Path) -> ExportR
     try:
         with atomic_path(out) as tmp:
             WRITERS[fmt](bundle, folded, tmp)
+            written = sha256_file(tmp)
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror or err})") from None
-    run, note = _runner(fmt, out)
+    run, note = _runner(fmt, out, written)
     inputs = [_example(bundle, 2), _example(bundle, 1, grow=bundle.preprocessing.crop // 2)]
     diff, ok = None, True
     if run is not None:

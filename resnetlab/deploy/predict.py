@@ -9,7 +9,7 @@ to the network's input by its own test view (``single``: the native size, shorte
 torch); the views, the scoring and the output are the same for both.
 
 An unreadable file is reported on stderr, one line naming it, and the others are still classified; the
-command then exits 1.
+command then exits 2, as every command does for a damaged input file.
 """
 
 from __future__ import annotations
@@ -116,13 +116,13 @@ def predict_command(
     runtime_name: str | None = None,
 ) -> int:
     """The ``resnetlab predict`` command: one block (or one JSON list) of top classes per image; a line on
-    stderr for each unreadable file; exit 1 if any failed. ``runtime_name``: torch or onnxruntime (None: the
+    stderr for each unreadable file; exit 2 if any failed (the others are still classified). ``runtime_name``: torch or onnxruntime (None: the
     default of :func:`.choose_runtime`)."""
     torch_device = runtime.resolve_device(device)
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     chosen, note = choose_runtime(runtime_name, torch_device, compile=compile)
-    bundle = load_inference(checkpoint, runtime=chosen, device=torch_device, compile=compile)
+    bundle = load_inference(checkpoint, runtime=chosen, device=torch_device, compile=compile, fallback=not runtime_name)
     results = predict_images(bundle, images, top=top, view=view, device=torch_device)
     for r in results:
         if r.error is not None:
@@ -135,6 +135,7 @@ def predict_command(
                 print(r.image)
                 for row in r.top:
                     print(f"  {row['probability']:7.2%}  {row['class']}")
-    if note:  # after the output: a refused command's stderr is its one error line
-        print(note, file=sys.stderr)
-    return 1 if any(r.error is not None for r in results) else 0
+    for line in [*bundle.notes, note]:  # after the output: a refused command's stderr is its one error line
+        if line:
+            print(line, file=sys.stderr)
+    return 2 if any(r.error is not None for r in results) else 0  # a damaged input file, as everywhere

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import re
 import shutil
@@ -130,7 +129,7 @@ def train_packed(
     refusal = packing_refusal(config, processes)
     if refusal:
         raise UserError(refusal)
-    mirror = tensorboard_wanted(config.train.tensorboard)
+    mirror = tensorboard_wanted(config.train.tensorboard, *outs)
     runs = [RunDir(out) for out in outs]
     created = [_first_missing(run.path) for run in runs]  # what a refusal before training removes again
     acquired: list[RunDir] = []
@@ -533,7 +532,13 @@ class _PackedLoop(_Loop):
             plot_runs([run.path], run.curves)
             if run.mirror is not None:
                 run.mirror.image("curves", run.curves, self.state.iteration)
-        finals = " ".join(f"{r.get('test_top1_error', math.nan):.2%}" for r in self.last_records)
+        for k, run in enumerate(self.runs):  # resumed after the last iteration: nothing was evaluated here
+            if "test_top1_error" not in self.last_records[k]:
+                self.last_records[k] = run.last_evaluation() or self.last_records[k]
+        self.last_record = self.last_records[0]
+        finals = " ".join(
+            f"{r['test_top1_error']:.2%}" if "test_top1_error" in r else "not recorded" for r in self.last_records
+        )
         print(f"done: {len(self.runs)} runs; final test error per seed {finals}")
         return self.last_record
 

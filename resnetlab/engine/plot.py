@@ -15,7 +15,9 @@ def read_run(path: str | Path) -> tuple[str, list[dict]]:
     record = read_record(path)
     label = record.config.get("model", {}).get("name", record.path.name)
     if record.path.name != label and not record.path.name.startswith(label):
-        label = f"{label} ({record.path.name})"
+        # A folder name that is not UTF-8 (surrogate-escaped bytes) cannot be drawn as text: shown with U+FFFD.
+        shown = record.path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        label = f"{label} ({shown})"
     return label, record.evals
 
 

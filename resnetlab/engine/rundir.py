@@ -209,6 +209,11 @@ class RunDir:
             return []
         return read_jsonl(self.metrics)
 
+    def last_evaluation(self) -> dict[str, Any]:
+        """The last record of metrics.jsonl with a test error ({} when there is none): what a resumed run that
+        had already finished reports, since it evaluates nothing itself."""
+        return next((r for r in reversed(self.read_metrics()) if "test_top1_error" in r), {})
+
     def truncate_metrics(self, iteration: int) -> None:
         """Drop records written after ``iteration`` (the checkpoint a resumed run starts from), and a torn
         last line, atomically."""

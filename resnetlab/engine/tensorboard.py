@@ -17,9 +17,11 @@ from metrics.jsonl, so no step is drawn twice. Only rank 0 opens a mirror. tenso
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from .. import runtime
 from ..errors import UserError
 
 __all__ = ["TensorBoardMirror", "tensorboard_wanted", "tag"]
@@ -27,9 +29,13 @@ __all__ = ["TensorBoardMirror", "tensorboard_wanted", "tag"]
 SPLITS = ("train", "test", "val")
 
 
-def tensorboard_wanted(mode: str) -> bool:
+def tensorboard_wanted(mode: str, *runs: str | Path) -> bool:
     """Whether to mirror a run into TensorBoard: ``on`` (refused in one line without tensorboard), ``off``,
-    or ``auto`` (when tensorboard can be imported)."""
+    or ``auto`` (when tensorboard can be imported).
+
+    ``runs``: the run directories. tensorboard encodes every path as UTF-8, so a folder whose name is not
+    (Latin-1 bytes, surrogate-escaped in Python) was a 33-line traceback once training started: ``on`` refuses
+    it in one line before anything is written; ``auto`` goes on without the mirror and says so (rank 0)."""
     if mode == "off":
         return False
     try:
@@ -41,6 +47,18 @@ def tensorboard_wanted(mode: str) -> bool:
                 "(or --set train.tensorboard=auto|off)"
             ) from None
         return False
+    for run in runs:
+        try:
+            str(run).encode("utf-8")
+        except UnicodeEncodeError:
+            why = f"tensorboard writes only UTF-8 paths, and {ascii(str(run))} is not one"
+            if mode == "on":
+                raise UserError(
+                    f"train.tensorboard=on: {why}; choose another --out or --set train.tensorboard=off"
+                ) from None
+            if runtime.is_main_process():
+                print(f"note: no TensorBoard mirror: {why} (metrics.jsonl is the record)", file=sys.stderr)
+            return False
     return True
 
 

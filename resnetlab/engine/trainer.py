@@ -198,7 +198,7 @@ def train(
     world = runtime.get_world_size()
     if config.optim.batch_size % world:
         raise UserError(f"the global batch {config.optim.batch_size} does not split evenly over {world} processes")
-    mirror = tensorboard_wanted(config.train.tensorboard)  # every rank: an `on` without tensorboard stops them all
+    mirror = tensorboard_wanted(config.train.tensorboard, out)  # every rank: a refusal of `on` stops them all
     run = RunDir(out)
     main = runtime.get_rank() == 0
     if main:
@@ -509,8 +509,11 @@ class _Loop:
             plot_runs([run.path], run.curves)
             if run.mirror is not None:
                 run.mirror.image("curves", run.curves, self.state.iteration)
-            final = self.last_record.get("test_top1_error", float("nan"))
-            print(f"done: {run.path}; final test error {final:.2%}; curves in {run.curves}")
+            if "test_top1_error" not in self.last_record:  # resumed after the last iteration: nothing ran here
+                self.last_record = run.last_evaluation() or self.last_record
+            final = self.last_record.get("test_top1_error")
+            error = "not recorded" if final is None else f"{final:.2%}"
+            print(f"done: {run.path}; final test error {error}; curves in {run.curves}")
         return self.last_record
 
     def _install_stop_handlers(self) -> dict[int, Any]:

@@ -77,11 +77,13 @@ def evaluate_checkpoint(
     channels_last: bool = True,
     compile: bool = False,
     runtime_name: str = "torch",
+    fallback: bool = False,
 ) -> EvalResult:
     """Evaluate a run's checkpoint or an exported safetensors file on ``split`` with ``view`` (default: the
     view it records, ``single`` for CIFAR-style data, ``center`` for the ImageNet layout), the network run
-    by ``runtime_name`` (``torch`` or ``onnxruntime``, see ``deploy.runtimes``). Under torchrun every rank
-    calls it with the same arguments and gets the same result."""
+    by ``runtime_name`` (``torch`` or ``onnxruntime``, see ``deploy.runtimes``; ``fallback``: torch where
+    onnxruntime, the default, cannot have its export cached). Under torchrun every rank calls it with the
+    same arguments and gets the same result."""
     if view is not None:
         check_view(view)
     if batch_size is not None and batch_size < 1:
@@ -89,8 +91,17 @@ def evaluate_checkpoint(
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be 0 (decode in this process) or more, got {workers}")
     bundle = load_inference(
-        path, runtime=runtime_name, device=device, fold_bn=fold_bn, channels_last=channels_last, compile=compile
+        path,
+        runtime=runtime_name,
+        device=device,
+        fold_bn=fold_bn,
+        channels_last=channels_last,
+        compile=compile,
+        fallback=fallback,
     )
+    if runtime.is_main_process():
+        for note in bundle.notes:  # a cache entry exported again, torch for want of a writable cache
+            print(note, file=sys.stderr)
     channels_last = channels_last and bundle.runtime == "torch"  # onnxruntime takes NCHW as it is
     pre = bundle.preprocessing
     view = view or pre.view
@@ -161,28 +172,38 @@ def eval_command(
             device=torch_device,
             compile=compile,
             runtime_name=chosen,
+            fallback=runtime_name is None,
         )
         if runtime.is_main_process():
             folder = Path(out) if out is not None else default_out_dir(checkpoint)
             stem = f"{result.split}-{result.view}"
+            written: list[Path] = []
+            notes = [note] if note else []
             try:
-                written = [
-                    result.write_json(folder / f"metrics-{stem}.json"),
-                    plot_confusion(result, folder / f"confusion-{stem}.png"),
-                ]
+                written.append(result.write_json(folder / f"metrics-{stem}.json"))
+                written.append(plot_confusion(result, folder / f"confusion-{stem}.png"))
             except OSError as err:
-                raise UserError(
-                    f"cannot write into {folder} ({err.strerror}); choose another folder with --out"
-                ) from None
+                if out is not None:  # the folder asked for
+                    raise UserError(
+                        f"cannot write into {folder} ({err.strerror}); choose another folder with --out"
+                    ) from None
+                # The default, beside the checkpoint, whose folder may be read-only (shared weights, a mounted
+                # volume): the evaluation is still printed; only the files are missing, and the note says so.
+                kept = f" (wrote {written[0]})" if written else ""
+                notes.append(
+                    f"note: cannot write into {folder} beside the checkpoint ({err.strerror}){kept}; "
+                    "pass --out DIR to keep the metrics and the confusion matrix"
+                )
             if as_json:
                 print(
                     json.dumps({**result.to_json(with_confusion=False), "files": [str(p) for p in written]}, indent=1)
                 )
             else:
                 print(format_result(result))
-                print("wrote " + ", ".join(map(str, written)))
-            if note:  # after the output: a refused command's stderr is its one error line
-                print(note, file=sys.stderr)
+                if written:
+                    print("wrote " + ", ".join(map(str, written)))
+            for line in notes:  # after the output: a refused command's stderr is its one error line
+                print(line, file=sys.stderr)
     finally:
         runtime.destroy()
     return 0
