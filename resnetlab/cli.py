@@ -359,7 +359,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
     root, out = Path(args.runs), Path(args.out)
     if args.which == "campaign":
-        from .experiments.campaign import campaign_command
+        from .experiments.campaign_command import campaign_command
 
         if args.budget is None and not args.status and args.gained_since is None:
             raise UserError("experiment campaign needs --budget SECONDS (or --status)")

@@ -15,7 +15,9 @@ from test_packed import stop_after
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.deploy import read_bundle
-from resnetlab.experiments.campaign import Campaign, format_status, paper_plan
+from resnetlab.experiments.campaign import Campaign
+from resnetlab.experiments.campaign_command import format_status
+from resnetlab.experiments.campaign_plan import paper_plan
 
 NETS = ["plain20", "resnet20"]
 ITERATIONS = 8

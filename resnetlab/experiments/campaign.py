@@ -1,25 +1,17 @@
 """The paper's CIFAR-10 section at the full 64k schedule, worked through in short windows (GPU or CPU).
 
-``resnetlab experiment campaign --budget SECONDS --runs DIR`` trains, in the GPU plan's order (the issue's
-(a)-(d)): (a) seed 0 of plain-20/32/44/56 and ResNet-20/32/44/56 (Fig. 6 left and middle, Table 6); (b)
-ResNet-110 seed 0; (c) seeds 1-4 of ResNet-20 to 110 (Table 6's mean +- std), each network's seeds packed
-into one (``train_packed``); (d) plain-110 and ResNet-1202 seed 0. The CPU plan (``--plan cpu``, the default
-without CUDA) has the same runs in the order that finishes soonest what the claims need most: ResNet-20 and
-plain-20, then ResNet-56 and plain-56 (Fig. 6's two ends), then 32 and 44 with their plain twins, ResNet-110,
-seeds 1-4 one at a time (packing does not pay on a CPU), plain-110. Every run is an ordinary experiment run
-(``ROOT/cifar10-<net>-it<N>-seed<S>``), so ``table6``, ``degradation --no-train`` and ``responses`` read them,
-whichever plan or machine trained them; ``windows.jsonl`` beside their records says which machine, precision
-and commit trained which iterations (``windows.py``).
+``resnetlab experiment campaign --budget SECONDS --runs DIR`` trains the plan's runs (``campaign_plan.py``:
+the GPU plan in the paper's order, seeds packed; the CPU plan soonest-done first, one run at a time). Every
+run is an ordinary experiment run (``ROOT/cifar10-<net>-it<N>-seed<S>``), so ``table6``, ``degradation
+--no-train`` and ``responses`` read them, whichever plan or machine trained them; ``windows.jsonl`` beside
+their records says which machine, precision and commit trained which iterations (``windows.py``).
 
 A window stops, every run checkpointed, before ``--budget`` is spent (``Deadline``). Between windows the
 carry folder (``campaign/`` in the repository) holds each run's records (config, env, metrics) and, for a run
 not finished, its last checkpoint (replaced each window, deleted once the run finishes); at the start of a
 window they are put back under ``--runs`` and the cut-short runs resume exactly. A finished seed-0 network is
 exported (safetensors, BN folded) into ``weights/`` with its final test error in ``weights/index.json``.
-
-A window's machine takes and gives back at most 64 MiB, so the networks packed together are as many seeds
-as keep the carried checkpoints under ``CARRY_LIMIT``; a network whose single checkpoint is larger (ResNet-1202: 19.4M
-parameters, 155 MB with its momentum) cannot be carried and is left out of the windows, said so.
+What the command prints is ``campaign_command.py``'s.
 """
 
 from __future__ import annotations
@@ -29,114 +21,23 @@ import math
 import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..files import atomic_path, sha256_file, write_json
-from ..models import count_parameters, create_model
-from ..runtime import resolve_device
+from .campaign_plan import CARRY_LIMIT, TABLE6_SEEDS, paper_plan, resolve_plan
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
 from .windows import WINDOWS_FILE, append_window, gained_since, read_windows, recent_rate, window_record, window_summary
 
-__all__ = [
-    "CARRY_LIMIT",
-    "PLANS",
-    "Unit",
-    "paper_plan",
-    "resolve_plan",
-    "Campaign",
-    "campaign_command",
-]
+__all__ = ["Campaign", "finished"]
 
-# Bytes of unfinished checkpoints one window may hand to the next. A window's machine receives at most 64 MiB
-# (the repository, with the shipped weights (about 32 MB once the plan is done), and the 19 MB CIFAR-10
-# archive) and gives back at most 64 MiB: 16 MiB leaves room for both.
-CARRY_LIMIT = 16 * 2**20
 RECORD_FILES = ("config.json", "env.json", "metrics.jsonl", WINDOWS_FILE)
 STARTUP_S = 45.0  # what a unit costs before its first step (data, networks, graph capture): not worth less
 SYNC_S = 20.0  # kept back for carrying the runs and exporting finished networks at the end of a window
 RECENT_S = 600.0  # the status's images/s: over the windows that ended in the last 10 minutes
-PLAIN = ["plain20", "plain32", "plain44", "plain56"]
-RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56"]
-# The CPU plan's part (a): what finishes soonest first, in pairs that each answer a claim. ResNet-20 and
-# plain-20 (the cheapest pair, ~3x faster than 56); then 56 and plain-56, the two ends of Fig. 6 (the
-# degradation of the plain net and its absence in the ResNet show with these two pairs alone); then the
-# depths between them.
-CPU_FIRST = ["resnet20", "plain20", "resnet56", "plain56", "resnet32", "plain32", "resnet44", "plain44"]
-PLANS = ("gpu", "cpu")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """Seeds of one network trained together (packed), in the plan's part (a)-(d)."""
-
-    part: str
-    net: str
-    seeds: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        seeds = ",".join(map(str, self.seeds))
-        return f"({self.part}) {self.net} seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
-
-
-def checkpoint_bytes(net: str) -> int:
-    """A training checkpoint of ``net``: weights and momentum in float32, plus the record (about 64 KiB)."""
-    return 8 * count_parameters(create_model(net)) + 64 * 1024
-
-
-def resolve_plan(plan: str) -> str:
-    """``auto``: the GPU plan where CUDA is, the CPU plan elsewhere; ``gpu`` and ``cpu`` as they are."""
-    if plan == "auto":
-        return "gpu" if resolve_device("auto").type == "cuda" else "cpu"
-    if plan not in PLANS:
-        raise UserError(f"unknown plan {plan!r} (auto, gpu or cpu)")
-    return plan
-
-
-def paper_plan(
-    seeds: int = 5, nets: list[str] | None = None, carry_limit: int = CARRY_LIMIT, plan: str = "gpu"
-) -> tuple[list[Unit], list[tuple[Unit, str]]]:
-    """The campaign's units in order, and the ones it cannot run across windows (with why).
-
-    ``seeds``: seeds per network of Table 6 (the paper: 5; part (c) trains seeds 1..seeds-1). ``nets``: only
-    these networks (a tiny plan for tests). ``plan="gpu"``: the paper's order, a network's seeds in (c)
-    packed in groups whose carried checkpoints fit ``carry_limit``; ``"cpu"``: ``CPU_FIRST``, and each seed
-    of (c) a unit of its own (on a CPU packing is slower than one network after another)."""
-    if plan == "cpu":
-        wanted = [("a", net, (0,)) for net in CPU_FIRST] + [("b", "resnet110", (0,))] + [
-            ("c", net, (seed,)) for net in RESNETS + ["resnet110"] for seed in range(1, seeds)
-        ]  # fmt: skip
-    else:
-        wanted = [
-            ("a", net, (0,)) for net in PLAIN + RESNETS
-        ] + [("b", "resnet110", (0,))] + [
-            ("c", net, tuple(range(1, seeds))) for net in RESNETS + ["resnet110"]
-        ]  # fmt: skip
-    wanted += [("d", "plain110", (0,)), ("d", "resnet1202", (0,))]
-    units, refused = [], []
-    for part, net, group in wanted:
-        if (nets is not None and net not in nets) or not group:
-            continue
-        size = checkpoint_bytes(net)
-        per_unit = carry_limit // size
-        if per_unit < 1:
-            refused.append(
-                (
-                    Unit(part, net, group),
-                    f"its checkpoint ({size / 1e6:.0f} MB with momentum) is more than a window can carry to the "
-                    f"next ({carry_limit / 2**20:.0f} MiB); it needs one uninterrupted run of its own",
-                )
-            )
-            continue
-        parts = -(-len(group) // per_unit)  # as few units as fit, of balanced sizes
-        for i in range(parts):
-            units.append(Unit(part, net, group[i * len(group) // parts : (i + 1) * len(group) // parts]))
-    return units, refused
 
 
 class Campaign:
@@ -150,7 +51,7 @@ class Campaign:
         *,
         iterations: int = PAPER_ITERATIONS,
         data_dir: str | None = None,
-        seeds: int = 5,
+        seeds: int = TABLE6_SEEDS,
         nets: list[str] | None = None,
         carry_limit: int = CARRY_LIMIT,
         eval_points: int = 64,
@@ -456,85 +357,3 @@ def _copy(source: Path, target: Path) -> None:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """What the campaign prints: each unit done or left (the current one with its speed over the last 10
-    minutes and its ETA), machines mixed within a run, the runs it cannot carry, the windows left."""
-    lines = []
-    for row in status["units"]:
-        done = "/".join(f"{d:,}" for d in row["done"])
-        state = "done" if row["left"] == 0 else f"{done} iterations done, {row['left']:,} left"
-        if row["unit"] != status.get("current") and row["left"] and row["seconds_left"] is not None:
-            state += f" (~{_duration(row['seconds_left'])})"
-        elif row["unit"] == status.get("current"):
-            rate = row.get("images_per_s")
-            speed = f"{rate:,.0f} images/s over the last 10 min" if rate else "no window in the last 10 min"
-            eta = "" if row["seconds_left"] is None else f", ETA {_duration(row['seconds_left'])}"
-            state += f"  <- current: {speed}{eta}"
-        if len(row.get("machines", [])) > 1:
-            state += f"  [trained on {len(row['machines'])} machines/precisions: {'; '.join(row['machines'])}]"
-        lines.append(f"  {row['unit']:<34} {state}")
-    for label, why in status["refused"]:
-        lines.append(f"  {label:<34} not in the windows: {why}")
-    if status["windows_left"] is None:
-        lines.append("windows left: unknown until a window has measured the speed")
-    elif status["windows_left"] == 0:
-        lines.append("the plan is done")
-    elif status.get("plan") == "cpu":
-        lines.append(f"left: ~{_duration(status['seconds_left'])} of training at the measured speed")
-    else:
-        lines.append(
-            f"left: ~{status['seconds_left'] / 60:.0f} min of GPU time, {status['windows_left']} windows of "
-            f"{status['window_s'] / 60:.0f} min at the measured speed"
-        )
-    if "carried_bytes" in status:
-        lines.append(
-            f"carried between windows (campaign/ and weights/): {status['carried_bytes'] / 1e6:.1f} MB, "
-            f"{status['grew_bytes'] / 1e6:+.1f} MB this window"
-        )
-    return "\n".join(lines)
-
-
-def format_gained(gains: dict[str, int]) -> str:
-    """``gained`` on one line: ``resnet20 seed 0 +3,873, plain20 seed 0 +120 iterations``."""
-    if not gains:
-        return "no iterations gained"
-    return ", ".join(f"{label} +{n:,}" for label, n in gains.items()) + " iterations"
-
-
-def campaign_command(
-    budget: float,
-    runs: Path,
-    carry: Path,
-    weights: Path,
-    *,
-    iterations: int,
-    data_dir: str | None,
-    seeds: int,
-    nets: list[str] | None,
-    status_only: bool,
-    plan: str = "auto",
-    since: float | None = None,
-) -> int:
-    campaign = Campaign(
-        runs, carry, weights, iterations=iterations, data_dir=data_dir, seeds=seeds, nets=nets, plan=plan
-    )
-    if since is not None:  # one line for scripts/cpu_window.sh stop
-        print(format_gained(campaign.gained(since)))
-        return 0
-    if status_only:  # reads the run folder and the carry, writes nothing: a window may be training beside it
-        print(f"the {campaign.plan.upper()} plan:")
-        print(format_status(campaign.status()))
-        return 0
-    if budget <= 0:
-        raise UserError(f"--budget must be a number of seconds > 0, got {budget:g}")
-    status = campaign.run(budget)
-    print(("stopped before the budget; " if status["stopped"] else "") + f"after {status['seconds']:.0f} s:")
-    print(format_status(status))
-    return 0
