@@ -11,13 +11,12 @@ carry folder (``campaign/`` in the repository) holds each run's records (config,
 not finished, its last checkpoint (replaced each window, deleted once the run finishes); at the start of a
 window they are put back under ``--runs`` and the cut-short runs resume exactly. A finished seed-0 network is
 exported (safetensors, BN folded) into ``weights/`` with its final test error in ``weights/index.json``.
-What the command prints is ``campaign_command.py``'s.
+What is done and left is ``campaign_status.py``'s.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import time
@@ -28,15 +27,15 @@ from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..files import atomic_path, sha256_file, write_json
 from .campaign_plan import CARRY_LIMIT, TABLE6_SEEDS, paper_plan, resolve_plan
+from .campaign_status import campaign_gains, campaign_status
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
-from .windows import WINDOWS_FILE, append_window, gained_since, read_windows, recent_rate, window_record, window_summary
+from .windows import WINDOWS_FILE, append_window, read_windows, window_record, window_summary
 
 __all__ = ["Campaign", "finished"]
 
 RECORD_FILES = ("config.json", "env.json", "metrics.jsonl", WINDOWS_FILE)
 STARTUP_S = 45.0  # what a unit costs before its first step (data, networks, graph capture): not worth less
 SYNC_S = 20.0  # kept back for carrying the runs and exporting finished networks at the end of a window
-RECENT_S = 600.0  # the status's images/s: over the windows that ended in the last 10 minutes
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -242,94 +241,12 @@ class Campaign:
         return previous
 
     def status(self, window_s: float = 480.0, now: float | None = None) -> dict[str, Any]:
-        """Per unit: each run's iterations done (saved: ``done``) and left, the unit's images/s over the windows
-        that ended in the last 10 minutes, the seconds left (at that speed for the current unit, the first
-        unfinished one, when it has one; else at the speed its evaluations measured) and the machines that
-        trained it; the seconds and GPU windows of ``window_s`` left."""
-        now = time.time() if now is None else now
-        speed = self._seconds_per_iteration()
-        rows, total_s, unknown, current = [], 0.0, False, None
-        for unit in self.units:
-            names = [self.name(unit.net, s) for s in unit.seeds]
-            done = [self.done(n) for n in names]
-            left = sum(self.iterations - d for d in done)
-            windows = [w for n in names for w in self.windows(n)]
-            batch = self.config(unit.net, unit.seeds[0]).optim.batch_size
-            rate = recent_rate(windows, batch, now, RECENT_S)
-            per_it = _estimate(speed, unit.net, len(unit.seeds))
-            seconds = None if per_it is None else max(self.iterations - min(done), 0) * per_it
-            if left and current is None:
-                current = unit.label
-                if rate:
-                    seconds = left * batch / rate
-            if left and seconds is None:
-                unknown = True
-            total_s += seconds or 0.0
-            machines = sorted({f"{w['machine']}, {w['precision']}" for w in windows})
-            rows.append(
-                {
-                    "unit": unit.label,
-                    "runs": names,
-                    "done": done,
-                    "left": left,
-                    "seconds_left": seconds,
-                    "images_per_s": rate,
-                    "machines": machines,
-                }
-            )
-        windows_left = None if unknown else math.ceil(total_s / window_s)
-        return {
-            "plan": self.plan,
-            "units": rows,
-            "current": current,
-            "refused": [(u.label, why) for u, why in self.refused],
-            "seconds_left": None if unknown else total_s,
-            "windows_left": windows_left,
-            "window_s": window_s,
-        }
+        """What is done and left, per unit (``campaign_status``)."""
+        return campaign_status(self, window_s, now)
 
     def gained(self, since: float) -> dict[str, int]:
-        """Iterations each run gained in the windows that ended after the Unix time ``since`` (its windows'
-        records), for the runs that gained any, labelled ``net seed S``."""
-        gains = {}
-        for unit in self.units:
-            for seed in unit.seeds:
-                gain = gained_since(self.windows(self.name(unit.net, seed)), since)
-                if gain:
-                    gains[f"{unit.net} seed {seed}"] = gain
-        return gains
-
-    def _seconds_per_iteration(self) -> dict[tuple[str, int], float]:
-        """Measured seconds per iteration by (network, networks packed), from the runs' evaluation records."""
-        speed: dict[tuple[str, int], float] = {}
-        for unit in self.units:
-            for seed in unit.seeds:
-                path = self.runs / self.name(unit.net, seed)
-                if not (path / "metrics.jsonl").is_file():
-                    continue
-                record = read_record(path)
-                rates = [e for e in record.evals[1:] if e.get("images_per_s")]  # the first holds the start-up
-                if rates:
-                    last = rates[-1]
-                    k = int(last.get("packed", 1))
-                    batch = int(record.config["optim"]["batch_size"])
-                    speed[(unit.net, k)] = batch / float(last["images_per_s"])
-        return speed
-
-
-def _depth(net: str) -> int:
-    return int("".join(ch for ch in net if ch.isdigit()))
-
-
-def _estimate(speed: dict[tuple[str, int], float], net: str, k: int) -> float | None:
-    """Seconds per iteration of ``k`` packed ``net``s: measured, or scaled from the nearest measurement by
-    depth and by networks packed (both roughly linear once the GPU is busy)."""
-    if (net, k) in speed:
-        return speed[(net, k)]
-    if not speed:
-        return None
-    (other, other_k), seconds = min(speed.items(), key=lambda kv: abs(_depth(kv[0][0]) - _depth(net)))
-    return seconds * _depth(net) / _depth(other) * k / other_k
+        """Iterations each run gained in the windows that ended after ``since`` (``campaign_gains``)."""
+        return campaign_gains(self, since)
 
 
 def _record(path: Path) -> RunRecord | None:
