@@ -25,7 +25,7 @@ from pathlib import Path
 from resnetlab.errors import UserError
 from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, table6_report
 from resnetlab.experiments.campaign import Campaign, finished
-from resnetlab.experiments.campaign_command import format_status
+from resnetlab.experiments.campaign_status import format_status
 
 BEGIN = "<!-- full-schedule:begin (scripts/full_schedule.py draws this section; do not edit by hand) -->"
 END = "<!-- full-schedule:end -->"

@@ -16,7 +16,7 @@ from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.deploy import read_bundle
 from resnetlab.experiments.campaign import Campaign
-from resnetlab.experiments.campaign_command import format_status
+from resnetlab.experiments.campaign_status import format_status
 from resnetlab.experiments.campaign_plan import paper_plan
 
 NETS = ["plain20", "resnet20"]
