@@ -93,6 +93,16 @@ def train(c: Ctx, *extra, out: Path | None = None, data: Path | None = None) -> 
     ]  # fmt: skip
 
 
+def campaign(c: Ctx, *extra, carry: Path | None = None, weights: Path | None = None) -> list:
+    """A window of a tiny campaign plan (``test_the_good_inputs_work``) but for ``extra``; each refusal comes
+    before anything trains."""
+    return [
+        "experiment", "campaign", "--runs", c.tmp / "campaign-runs", "--carry", carry or c.tmp / "carry",
+        "--weights", weights or c.tmp / "weights", "--iterations", "1", "--nets", "resnet20", "--table6-seeds", "1",
+        "--plan", "cpu", "--data-dir", c.tmp / "cifar", "--budget", "120", *extra,
+    ]  # fmt: skip
+
+
 def data(folder: Path, name: str = "cifar10") -> list:
     return ["data", name, "--data-dir", folder, "--no-download"]
 
@@ -257,6 +267,13 @@ CASES = [
     Bad("train/out-read-only", lambda c: train(c, out=read_only_dir(c) / "run"), "read-only"),
     Bad("train/device-unknown", lambda c: train(c, "--device", "tpu"), "tpu"),
     Bad("train/device-cuda-without-cuda", lambda c: no_cuda() or train(c, "--device", "cuda"), "cuda"),
+    # experiment campaign: refused before anything trains (issue 20)
+    Bad("campaign/budget-nan", lambda c: campaign(c, "--budget", "nan"), "budget"),
+    Bad("campaign/budget-inf", lambda c: campaign(c, "--budget", "inf"), "budget"),
+    Bad("campaign/budget-zero", lambda c: campaign(c, "--budget", "0"), "budget"),
+    Bad("campaign/carry-is-a-file", lambda c: campaign(c, carry=c.file("notes.txt", "x")), "notes.txt"),
+    Bad("campaign/carry-under-a-file", lambda c: campaign(c, carry=c.file("notes.txt", "x") / "carry"), "notes.txt"),
+    Bad("campaign/weights-is-a-file", lambda c: campaign(c, weights=c.file("index.json", "{}")), "index.json"),
     # eval, predict, export, import-weights, plot: options
     Bad("eval/batch-size-negative", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "-5"), "batch"),
     Bad("eval/batch-size-zero", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "0"), "batch"),
@@ -343,6 +360,9 @@ def test_the_table_is_large_and_its_ids_unique():
 
 def test_the_good_inputs_work(ctx, capsys):
     """The inputs the table damages, undamaged: each command succeeds, so each refusal above is the damage's."""
+    from conftest import write_cifar_python
+
+    write_cifar_python(ctx.tmp / "cifar", per_batch=26, n_test=20)  # the campaign's: one batch of 128
     for argv in [
         data(ctx.images()),
         data(ctx.good.idx, "fashion-mnist"),
@@ -351,6 +371,7 @@ def test_the_good_inputs_work(ctx, capsys):
         predict(ctx.good.checkpoint, ctx, "--top", "2"),
         predict(ctx.good.export, ctx),
         export(ctx.good.checkpoint, ctx.tmp / "again.safetensors"),
+        campaign(ctx),
     ]:
         outcome = run_cli(argv, capsys)
         assert outcome.code == 0 and outcome.exception is None, outcome.describe()

@@ -15,9 +15,10 @@ from test_packed import stop_after
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.deploy import read_bundle
+from resnetlab.errors import UserError
 from resnetlab.experiments.campaign import Campaign
-from resnetlab.experiments.campaign_status import format_status
 from resnetlab.experiments.campaign_plan import paper_plan
+from resnetlab.experiments.campaign_status import format_status
 
 NETS = ["plain20", "resnet20"]
 ITERATIONS = 8
@@ -337,3 +338,40 @@ def test_window_summary_says_when_a_run_moved_between_machines_and_the_rate_is_t
     assert recent_rate(timed, 128, now=1200, horizon=600) == pytest.approx(200 * 128 / 100)
     assert recent_rate(timed, 128, now=1800, horizon=600) == pytest.approx(800 * 128 / 200)
     assert recent_rate(timed, 128, now=5000, horizon=600) is None
+
+
+def _evals(records: Path) -> list[int]:
+    lines = (records / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["iteration"] for line in lines if "test_top1_error" in line]
+
+
+def test_a_second_campaign_on_the_carry_of_one_that_trains_is_refused(tmp_path, cifar, monkeypatch):
+    """Issue 20, item 3: a second campaign on the same --carry (from another runs folder, so the run directories'
+    own locks never meet) once overwrote a finished run's records with a shorter copy. While the first one
+    trains it is refused at once, having read and written nothing; once the first has ended the carry is free."""
+    import resnetlab.engine.trainer as trainer
+
+    real, refusals = trainer.train_step, []
+    second = Campaign(
+        tmp_path / "m2", tmp_path / "carry", tmp_path / "w", iterations=4, data_dir=cifar, seeds=1, nets=["resnet20"]
+    )
+
+    def step(*args, **kwargs):
+        if not refusals:
+            with pytest.raises(UserError, match="in use by resnetlab experiment campaign") as refused:
+                second.run(budget=60)
+            refusals.append(str(refused.value))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    first = Campaign(
+        tmp_path / "m1", tmp_path / "carry", tmp_path / "w", iterations=4, data_dir=cifar, seeds=1, nets=["resnet20"]
+    )
+    assert not first.run(budget=300)["stopped"]
+    assert len(refusals) == 1 and f"--carry {tmp_path / 'carry'}" in refusals[0] and "\n" not in refusals[0]
+    assert list((tmp_path / "m2").iterdir()) == []  # nothing restored, nothing trained
+    records = tmp_path / "carry" / "records" / "cifar10-resnet20-it4-seed0"
+    assert _evals(records) == [1, 2, 3, 4]
+    monkeypatch.setattr(trainer, "train_step", real)
+    status = second.run(budget=60)  # the first has ended: its lock went with it
+    assert status["windows_left"] == 0 and _evals(records) == [1, 2, 3, 4]

@@ -17,15 +17,17 @@ What is done and left is ``campaign_status.py``'s.
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
-from ..files import atomic_path, sha256_file, write_json
+from ..files import FolderInUse, atomic_path, lock_folder, sha256_file, write_json
 from .campaign_plan import CARRY_LIMIT, TABLE6_SEEDS, paper_plan, resolve_plan
 from .campaign_status import campaign_gains, campaign_status
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
@@ -174,13 +176,46 @@ class Campaign:
 
         SIGTERM or SIGINT stops the window like its budget: during training the trainer finishes the step and
         saves; between units the campaign starts no other. Either way the runs are carried."""
+        if not (math.isfinite(budget) and budget > 0):
+            raise UserError(f"--budget must be a number of seconds > 0, got {budget:g}")
         started = time.monotonic()
+        lock = self._take_folders()  # before anything is read or trained
+        try:
+            restored = self.restore()
+            if restored:
+                print(f"restored {len(restored)} runs from {self.carry}")
+            return self._window(started, budget, progress)
+        finally:
+            lock.close()
+
+    def _take_folders(self) -> IO[str]:
+        """The folders checked before anything trains (a file given as ``--carry`` was a traceback once the
+        window had trained), and the carry locked for this window, as each run directory is locked
+        (``files.lock_folder``): a second campaign carrying into the same folder would write its copies of the
+        runs over the first one's (a finished run's records replaced by a shorter copy's)."""
+        for flag, folder in (("--runs", self.runs), ("--weights", self.weights), ("--carry", self.carry)):
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"{flag} {folder} is a file, not a folder")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"{flag} {folder}: cannot make the folder ({err.strerror or err})") from None
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"{flag} {folder} is not writable")
+        try:
+            return lock_folder(self.carry, "resnetlab experiment campaign")
+        except FolderInUse as err:
+            raise UserError(
+                f"--carry {self.carry} is in use by {err.holder}; one campaign at a time carries into a folder: "
+                "wait for that window to end, or give this one another --carry"
+            ) from None
+        except OSError as err:
+            raise UserError(f"--carry {self.carry}: cannot lock it ({err.strerror or err})") from None
+
+    def _window(self, started: float, budget: float, progress: bool | None) -> dict[str, Any]:
         deadline = started + budget - min(SYNC_S, 0.1 * budget)  # the carrying and exports at the end
         startup = min(STARTUP_S, budget / 4)
         previous = self._catch_stop_signals()
-        restored = self.restore()
-        if restored:
-            print(f"restored {len(restored)} runs from {self.carry}")
         before = _folder_bytes(self.carry) + _folder_bytes(self.weights)
         stopped = False
         try:
