@@ -358,6 +358,8 @@ def _experiment(args: argparse.Namespace) -> int:
     from . import experiments
 
     root, out = Path(args.runs), Path(args.out)
+    if args.set and args.which != "campaign":
+        raise UserError(f"--set is for campaign only (every run it trains), not {args.which}")
     if args.which == "campaign":
         from .experiments.campaign_command import campaign_command
 
@@ -375,6 +377,7 @@ def _experiment(args: argparse.Namespace) -> int:
             status_only=args.status,
             plan=args.plan,
             since=args.gained_since,
+            overrides=args.set or [],
         )
     if args.which == "degradation":
         nets = args.nets or experiments.DEGRADATION_NETS
@@ -441,6 +444,13 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "--table6-seeds", type=int, default=5, metavar="N", help="campaign: seeds per network (default 5, the paper's)"
     )
     p.add_argument("--status", action="store_true", help="campaign: print what is done and left; train nothing")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="campaign: a config field of every run it trains, e.g. train.cuda_graph=off; only what a run may change "
+        "when it resumes (how it is computed, not what: docs/training.md); repeatable",
+    )
     p.add_argument(
         "--plan",
         choices=("auto", "gpu", "cpu"),

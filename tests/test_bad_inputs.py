@@ -274,6 +274,11 @@ CASES = [
     Bad("campaign/carry-is-a-file", lambda c: campaign(c, carry=c.file("notes.txt", "x")), "notes.txt"),
     Bad("campaign/carry-under-a-file", lambda c: campaign(c, carry=c.file("notes.txt", "x") / "carry"), "notes.txt"),
     Bad("campaign/weights-is-a-file", lambda c: campaign(c, weights=c.file("index.json", "{}")), "index.json"),
+    Bad("campaign/set-unknown-key", lambda c: campaign(c, "--set", "train.cuda_graf=off"), "train.cuda_graf"),
+    Bad("campaign/set-bad-choice", lambda c: campaign(c, "--set", "train.cuda_graph=maybe"), "maybe"),
+    Bad("campaign/set-recipe-field", lambda c: campaign(c, "--set", "optim.lr=0.05"), "optim.lr"),
+    Bad("campaign/set-its-own-field", lambda c: campaign(c, "--set", "train.seed=3"), "train.seed"),
+    Bad("experiment/set-not-campaign", lambda c: ["experiment", "table6", "--set", "train.cuda_graph=off"], "--set"),
     # eval, predict, export, import-weights, plot: options
     Bad("eval/batch-size-negative", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "-5"), "batch"),
     Bad("eval/batch-size-zero", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "0"), "batch"),
@@ -371,7 +376,7 @@ def test_the_good_inputs_work(ctx, capsys):
         predict(ctx.good.checkpoint, ctx, "--top", "2"),
         predict(ctx.good.export, ctx),
         export(ctx.good.checkpoint, ctx.tmp / "again.safetensors"),
-        campaign(ctx),
+        campaign(ctx, "--set", "train.cuda_graph=off"),
     ]:
         outcome = run_cli(argv, capsys)
         assert outcome.code == 0 and outcome.exception is None, outcome.describe()

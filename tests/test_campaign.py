@@ -375,3 +375,44 @@ def test_a_second_campaign_on_the_carry_of_one_that_trains_is_refused(tmp_path, 
     monkeypatch.setattr(trainer, "train_step", real)
     status = second.run(budget=60)  # the first has ended: its lock went with it
     assert status["windows_left"] == 0 and _evals(records) == [1, 2, 3, 4]
+
+
+def test_set_applies_to_every_run_and_each_window_records_it(tmp_path, cifar, monkeypatch):
+    """``--set train.cuda_graph=off`` (what gpu_campaign.sh passes when the CUDA tests fail) changes how the runs
+    are computed, not what: a run cut short in a window without it resumes exactly in a window with it, its
+    config.json says the last window's setting and each window's line in windows.jsonl its own."""
+    stop_after(monkeypatch, 2)
+
+    def window(machine: str, *overrides: str) -> dict:
+        return Campaign(
+            tmp_path / machine, tmp_path / "carry", tmp_path / "w", iterations=4, data_dir=cifar, seeds=1,
+            nets=["resnet20"], plan="cpu", overrides=list(overrides),
+        ).run(budget=300)  # fmt: skip
+
+    assert window("m1")["stopped"]
+    later = 1
+    while window(f"m{later + 1}", "train.cuda_graph=off", "data.num_workers=0")["stopped"]:
+        later += 1
+        assert later < 5, "the campaign makes no progress"
+    records = tmp_path / "carry" / "records" / "cifar10-resnet20-it4-seed0"
+    assert _evals(records) == [1, 2, 3, 4]  # no iteration lost or twice
+    assert "resume_changes" not in (records / "metrics.jsonl").read_text()  # an exact continuation
+    config = json.loads((records / "config.json").read_text())
+    assert config["train"]["cuda_graph"] == "off" and config["data"]["num_workers"] == 0
+    lines = [json.loads(line) for line in (records / "windows.jsonl").read_text().splitlines()]
+    assert [w.get("set") for w in lines] == [None] + [{"train.cuda_graph": "off", "data.num_workers": 0}] * later
+
+
+@pytest.mark.parametrize(
+    "item, says",
+    [
+        ("optim.lr=0.05", "the paper's recipe"),  # a recipe field: refused, not trained under the paper's name
+        ("train.amp=off", "the paper's recipe"),
+        ("train.iterations=10", "--iterations"),  # the campaign's own
+        ("train.cuda_graf=off", "unknown --set key"),
+    ],
+)
+def test_set_refuses_what_would_change_the_runs_recipe_or_identity(tmp_path, item, says):
+    with pytest.raises(UserError, match=says):
+        Campaign(tmp_path / "r", tmp_path / "c", tmp_path / "w", nets=["resnet20"], seeds=1, overrides=[item])
+    assert not (tmp_path / "c").exists()

@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ..config import parse_overrides, set_values
 from ..engine.rundir import RunRecord, read_record
+from ..engine.state import FREE_ON_RESUME
 from ..errors import UserError
 from ..files import FolderInUse, atomic_path, lock_folder, sha256_file, write_json
 from .campaign_plan import CARRY_LIMIT, TABLE6_SEEDS, paper_plan, resolve_plan
@@ -33,12 +35,40 @@ from .campaign_status import campaign_gains, campaign_status
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
 from .windows import WINDOWS_FILE, append_window, read_windows, window_record, window_summary
 
-__all__ = ["Campaign", "finished"]
+__all__ = ["Campaign", "campaign_settings", "finished"]
 
 RECORD_FILES = ("config.json", "env.json", "metrics.jsonl", WINDOWS_FILE)
 STARTUP_S = 45.0  # what a unit costs before its first step (data, networks, graph capture): not worth less
 SYNC_S = 20.0  # kept back for carrying the runs and exporting finished networks at the end of a window
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Fields of a run's config the campaign sets itself (experiment_config), and the option that sets them.
+OWN_KEYS = {
+    "train.iterations": "--iterations",
+    "train.seed": "--table6-seeds",
+    "train.eval_every": "every 1/64 of the run",
+    "train.checkpoint_every": "every 1/64 of the run",
+    "data.data_dir": "--data-dir",
+}
+SETTABLE = sorted(k for k in FREE_ON_RESUME if "." in k and k not in OWN_KEYS)
+
+
+def campaign_settings(overrides: list[str]) -> dict[str, Any]:
+    """``--set section.key=value`` for every run a campaign trains, typed (``config.parse_overrides``: an
+    unknown key or a bad value is a one-line error). Only what a resume may change freely (``FREE_ON_RESUME``:
+    how a run is computed on this machine, e.g. ``train.cuda_graph=off``, not what it computes) and the campaign
+    does not set itself. A recipe field is refused: runs cut short would not resume with it (the trainer
+    refuses a changed recipe), finished runs would be reused without it, and ``weights/`` would ship runs of
+    two recipes under the paper's name."""
+    values = parse_overrides(overrides)
+    for key in values:
+        if key in OWN_KEYS:
+            raise UserError(f"--set {key}: the campaign sets it itself ({OWN_KEYS[key]})")
+        if key not in SETTABLE:
+            raise UserError(
+                f"--set {key}: the campaign trains the paper's recipe, so its --set takes only what a run may change "
+                f"when it resumes: {', '.join(SETTABLE)}"
+            )
+    return values
 
 
 class Campaign:
@@ -57,8 +87,10 @@ class Campaign:
         carry_limit: int = CARRY_LIMIT,
         eval_points: int = 64,
         plan: str = "gpu",
+        overrides: list[str] | None = None,
     ) -> None:
         self.runs, self.carry, self.weights = Path(runs), Path(carry), Path(weights)
+        self.settings = campaign_settings(overrides or [])  # recorded in each window's line (windows.jsonl)
         self.iterations, self.data_dir, self.eval_points = iterations, data_dir, eval_points
         self.plan = resolve_plan(plan)
         self.units, self.refused = paper_plan(seeds, nets, carry_limit, self.plan)
@@ -67,7 +99,7 @@ class Campaign:
             raise UserError("the campaign's plan is empty (--nets names none of its networks?)")
 
     def config(self, net: str, seed: int):
-        return experiment_config(net, self.iterations, seed, self.data_dir, self.eval_points)
+        return set_values(experiment_config(net, self.iterations, seed, self.data_dir, self.eval_points), self.settings)
 
     def name(self, net: str, seed: int) -> str:
         return run_name(f"cifar10-{net}", self.iterations, seed)
@@ -258,7 +290,8 @@ class Campaign:
                 last = checkpoint_iteration(path) or 0
                 if last > start and (path / "env.json").is_file():
                     env = json.loads((path / "env.json").read_text())
-                    append_window(path, window_record(env, wall, seconds, start, last, runs=len(paths)))
+                    record = window_record(env, wall, seconds, start, last, runs=len(paths))
+                    append_window(path, record | ({"set": self.settings} if self.settings else {}))
 
     def _catch_stop_signals(self) -> dict[int, Any]:
         """Note SIGTERM and SIGINT in ``self.signal`` instead of dying (a kill mid-carry would leave the carry

@@ -24,10 +24,12 @@ def campaign_command(
     status_only: bool,
     plan: str = "auto",
     since: float | None = None,
+    overrides: list[str] | None = None,
 ) -> int:
     campaign = Campaign(
-        runs, carry, weights, iterations=iterations, data_dir=data_dir, seeds=seeds, nets=nets, plan=plan
-    )
+        runs, carry, weights, iterations=iterations, data_dir=data_dir, seeds=seeds, nets=nets, plan=plan,
+        overrides=overrides,
+    )  # fmt: skip
     if since is not None:  # one line for scripts/cpu_window.sh stop
         print(format_gained(campaign.gained(since)))
         return 0
