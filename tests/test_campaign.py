@@ -67,6 +67,14 @@ def test_the_plan_is_the_papers_order_and_fits_the_carry():
     assert "more than a window can carry" in refused[0][1]
     tiny, _ = paper_plan(seeds=2, nets=NETS)
     assert [u.label for u in tiny] == ["(a) plain20 seed 0", "(a) resnet20 seed 0", "(c) resnet20 seed 1"]
+    # Issue 20, item 5: what the plan cannot do is said, not dropped
+    with pytest.raises(UserError, match="resnet1202: a campaign cannot train it in windows: its checkpoint"):
+        paper_plan(nets=["resnet20", "resnet1202"])
+    with pytest.raises(UserError, match="--nets resnet18: not in the campaign's plan"):
+        paper_plan(nets=["resnet18", "resnet20"])
+    for seeds in (0, 6):
+        with pytest.raises(UserError, match="--table6-seeds must be 1 to 5"):
+            paper_plan(seeds=seeds)
 
 
 def test_windows_on_fresh_machines_end_where_one_uninterrupted_campaign_ends(tmp_path, cifar, monkeypatch):

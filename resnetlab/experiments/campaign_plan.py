@@ -70,10 +70,16 @@ def paper_plan(
 ) -> tuple[list[Unit], list[tuple[Unit, str]]]:
     """The campaign's units in order, and the ones it cannot run across windows (with why).
 
-    ``seeds``: seeds per network of Table 6 (the paper: 5; part (c) trains seeds 1..seeds-1). ``nets``: only
-    these networks (a tiny plan for tests). ``plan="gpu"``: the paper's order, a network's seeds in (c)
+    ``seeds``: seeds per network of Table 6, 1 to 5 (the paper: 5; part (c) trains seeds 1..seeds-1). ``nets``:
+    only these networks (a tiny plan for tests); each must be the plan's, and one the windows cannot carry
+    (ResNet-1202) is refused with why, not dropped. ``plan="gpu"``: the paper's order, a network's seeds in (c)
     packed in groups whose carried checkpoints fit ``carry_limit``; ``"cpu"``: ``CPU_FIRST``, and each seed
     of (c) a unit of its own (on a CPU packing is slower than one network after another)."""
+    if not 1 <= seeds <= TABLE6_SEEDS:
+        raise UserError(
+            f"--table6-seeds must be 1 to {TABLE6_SEEDS} (Table 6 is over {TABLE6_SEEDS} runs of each network; "
+            f"1: seed 0 only), got {seeds}"
+        )
     if plan == "cpu":
         wanted = [("a", net, (0,)) for net in CPU_FIRST] + [("b", "resnet110", (0,))] + [
             ("c", net, (seed,)) for net in RESNETS + ["resnet110"] for seed in range(1, seeds)
@@ -103,4 +109,14 @@ def paper_plan(
         parts = -(-len(group) // per_unit)  # as few units as fit, of balanced sizes
         for i in range(parts):
             units.append(Unit(part, net, group[i * len(group) // parts : (i + 1) * len(group) // parts]))
+    if nets is not None:
+        known = list(dict.fromkeys(net for _, net, _ in wanted))
+        unknown = [net for net in nets if net not in known]
+        if unknown:
+            raise UserError(f"--nets {' '.join(unknown)}: not in the campaign's plan ({', '.join(known)})")
+        for unit, why in refused:
+            raise UserError(
+                f"--nets {unit.net}: a campaign cannot train it in windows: {why} "
+                f"(resnetlab train --preset cifar10-{unit.net})"
+            )
     return units, refused
