@@ -424,3 +424,34 @@ def test_set_refuses_what_would_change_the_runs_recipe_or_identity(tmp_path, ite
     with pytest.raises(UserError, match=says):
         Campaign(tmp_path / "r", tmp_path / "c", tmp_path / "w", nets=["resnet20"], seeds=1, overrides=[item])
     assert not (tmp_path / "c").exists()
+
+
+def test_a_carried_metrics_file_cut_short_is_refused_before_anything_is_put_back(tmp_path, cifar, monkeypatch):
+    """Issue 20, item 4: a carried metrics.jsonl cut in half was taken: the next window resumed from the carried
+    checkpoint, and the evaluations the cut lost stayed a gap for good, said only by a Python warning. No
+    checkpoint holds them, so the window refuses, naming the file and what to do; put back whole, it goes on."""
+    stop_after(monkeypatch, 6)
+
+    def window(machine: str) -> dict:
+        return Campaign(
+            tmp_path / machine, tmp_path / "carry", tmp_path / "w", iterations=8, data_dir=cifar, seeds=1,
+            nets=["resnet20"], plan="cpu",
+        ).run(budget=300)  # fmt: skip
+
+    assert window("m1")["stopped"]
+    name = "cifar10-resnet20-it8-seed0"
+    records = tmp_path / "carry" / "records" / name
+    metrics = records / "metrics.jsonl"
+    whole = metrics.read_bytes()
+    assert _evals(records) == [1, 2, 3, 4, 5, 6]
+    metrics.write_bytes(whole[: len(whole) // 2])  # cut mid-line
+    with pytest.raises(UserError, match="cut short \\(a torn line\\)") as refused:
+        window("m2")
+    assert str(metrics) in str(refused.value) and "git checkout" in str(refused.value)
+    assert not (tmp_path / "m2" / name).exists()  # nothing put back, nothing trained
+    metrics.write_bytes(b"".join(whole.splitlines(keepends=True)[:3]))  # cut between lines: no torn line
+    with pytest.raises(UserError, match="evaluations stop at iteration 3, the carried checkpoint is at 6"):
+        window("m2")
+    metrics.write_bytes(whole)
+    assert not window("m2")["stopped"]
+    assert _evals(records) == list(range(1, 9))

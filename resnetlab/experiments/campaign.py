@@ -128,7 +128,7 @@ class Campaign:
     def restore(self) -> list[str]:
         """Put the carried records and checkpoints under ``runs`` where they are newer than what is there;
         returns the runs restored."""
-        restored = []
+        newer = []
         for name in self.names():
             records = self.carry / "records" / name
             if not (records / "metrics.jsonl").is_file():
@@ -137,7 +137,11 @@ class Campaign:
             carried = self._carried_checkpoint(name)
             carried_at, here_at = checkpoint_iteration(carried) or 0, checkpoint_iteration(target) or 0
             if _reached(records) <= _reached(target) and carried_at <= here_at:
-                continue  # this machine's own copy is as far
+                continue  # this machine's own copy is as far (and the next carry replaces the carried one)
+            _refuse_cut_records(records, carried, carried_at)
+            newer.append((name, records, target, carried))
+        restored = []
+        for name, records, target, carried in newer:  # every carried record checked before any is put back
             target.mkdir(parents=True, exist_ok=True)
             for file in RECORD_FILES:
                 if (records / file).is_file():
@@ -332,6 +336,32 @@ def finished(path: Path) -> bool:
 def _reached(path: Path) -> int:
     record = _record(path)
     return 0 if record is None else min(record.reached, record.iterations)
+
+
+def _refuse_cut_records(records: Path, carried: Path, carried_at: int) -> None:
+    """A carried ``metrics.jsonl`` cut short (the campaign writes the carry atomically, so something else cut
+    it) is refused: a torn last line, or evaluations that stop before the carried checkpoint's iteration. The
+    trainer would resume from the checkpoint keeping what the file holds, and the evaluations lost between
+    would be a gap for good; no checkpoint holds them, so nothing here can repair them."""
+    metrics = records / "metrics.jsonl"
+    lines = [line for line in metrics.read_text(errors="replace").splitlines() if line.strip()]
+    try:
+        parsed = [json.loads(line) for line in lines]
+    except json.JSONDecodeError:
+        parsed, why = None, "a torn line"
+    if parsed is not None:
+        evals = [int(r["iteration"]) for r in parsed if "test_top1_error" in r]
+        config = records / "config.json"
+        every = int(json.loads(config.read_text())["train"]["eval_every"]) if config.is_file() else 0
+        expected = carried_at - carried_at % every if every else 0  # the last evaluation the checkpoint passed
+        if max(evals, default=0) >= expected:
+            return
+        why = f"its evaluations stop at iteration {max(evals, default=0)}, the carried checkpoint is at {carried_at}"
+    again = f"delete {records} and {carried} to train the run again" if carried.is_file() else f"delete {records}"
+    raise UserError(
+        f"{metrics} is cut short ({why}): resumed, its lost evaluations would stay a gap. Put back an intact "
+        f"copy (git checkout -- {metrics}), or {again}"
+    )
 
 
 def _copy(source: Path, target: Path) -> None:
