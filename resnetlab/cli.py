@@ -373,8 +373,10 @@ def _experiment(args: argparse.Namespace) -> int:
     from . import experiments
 
     root, out = Path(args.runs), Path(args.out)
+    if args.set and args.which != "campaign":
+        raise UserError(f"--set is for campaign only (every run it trains), not {args.which}")
     if args.which == "campaign":
-        from .experiments.campaign import campaign_command
+        from .experiments.campaign_command import campaign_command
 
         if args.budget is None and not args.status and args.gained_since is None:
             raise UserError("experiment campaign needs --budget SECONDS (or --status)")
@@ -390,6 +392,7 @@ def _experiment(args: argparse.Namespace) -> int:
             status_only=args.status,
             plan=args.plan,
             since=args.gained_since,
+            overrides=args.set or [],
         )
     if args.which == "degradation":
         nets = args.nets or experiments.DEGRADATION_NETS
@@ -456,6 +459,13 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "--table6-seeds", type=int, default=5, metavar="N", help="campaign: seeds per network (default 5, the paper's)"
     )
     p.add_argument("--status", action="store_true", help="campaign: print what is done and left; train nothing")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="campaign: a config field of every run it trains, e.g. train.cuda_graph=off; only what a run may change "
+        "when it resumes (how it is computed, not what: docs/training.md); repeatable",
+    )
     p.add_argument(
         "--plan",
         choices=("auto", "gpu", "cpu"),

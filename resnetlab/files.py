@@ -1,5 +1,6 @@
 """Files written so that a crash never leaves half of one: ``atomic_write``; JSON lines read so that a torn
-last line (power lost mid-write, a full disk) costs that line and not the run: ``read_jsonl``.
+last line (power lost mid-write, a full disk) costs that line and not the run: ``read_jsonl``; one writer at a
+time in a folder (a run directory, the campaign's carry): ``lock_folder``.
 
 Every file resnetlab writes for a user to keep (checkpoints, exports, run records, cached decodes) goes
 through ``atomic_write``. This module imports nothing of resnetlab's but ``errors``.
@@ -7,19 +8,23 @@ through ``atomic_write``. This module imports nothing of resnetlab's but ``error
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import platform
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import UserError
 
-__all__ = ["atomic_path", "atomic_write", "write_json", "read_jsonl", "sha256_file"]
+__all__ = ["FolderInUse", "atomic_path", "atomic_write", "lock_folder", "write_json", "read_jsonl", "sha256_file"]
+
+LOCK_FILE = ".lock"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -96,3 +101,33 @@ def sha256_file(path: str | Path) -> str:
         while block := f.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+class FolderInUse(UserError):
+    """Another process holds the folder's lock; ``holder`` is the line it wrote into the lock file."""
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        super().__init__(f"{folder} is in use by {holder}")
+        self.folder, self.holder = folder, holder
+
+
+def lock_folder(folder: str | Path, holder: str) -> IO[str]:
+    """Take ``folder``'s lock, ``folder/.lock`` (the folder made if need be): an OS lock (``flock``) held as long
+    as the returned handle is open, and dropped when this process dies, so a kill -9 never leaves the folder
+    locked. ``holder`` (what the process is) goes into the file with its pid, for the next one to be told who.
+    Another holder, in this process or another: ``FolderInUse``; a folder that cannot be made: ``OSError``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")  # held open: the lock lives as long as the handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        found = handle.read().strip() or "another process"
+        handle.close()
+        raise FolderInUse(folder, found) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{holder} (pid {os.getpid()} on {platform.node()})\n")
+    handle.flush()
+    return handle

@@ -31,7 +31,8 @@ from resnetlab.deploy.runtimes import choose_runtime
 from resnetlab.errors import UserError
 from resnetlab.evaluation import evaluate_checkpoint
 from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, table6_report
-from resnetlab.experiments.campaign import Campaign, finished, format_status
+from resnetlab.experiments.campaign import Campaign, finished
+from resnetlab.experiments.campaign_status import format_status
 from resnetlab.experiments.windows import window_summary
 
 BEGIN = "<!-- full-schedule:begin (scripts/full_schedule.py draws this section; do not edit by hand) -->"

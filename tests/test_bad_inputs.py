@@ -94,6 +94,16 @@ def train(c: Ctx, *extra, out: Path | None = None, data: Path | None = None) -> 
     ]  # fmt: skip
 
 
+def campaign(c: Ctx, *extra, carry: Path | None = None, weights: Path | None = None) -> list:
+    """A window of a tiny campaign plan (``test_the_good_inputs_work``) but for ``extra``; each refusal comes
+    before anything trains."""
+    return [
+        "experiment", "campaign", "--runs", c.tmp / "campaign-runs", "--carry", carry or c.tmp / "carry",
+        "--weights", weights or c.tmp / "weights", "--iterations", "1", "--nets", "resnet20", "--table6-seeds", "1",
+        "--plan", "cpu", "--data-dir", c.tmp / "cifar", "--budget", "120", *extra,
+    ]  # fmt: skip
+
+
 def data(folder: Path, name: str = "cifar10") -> list:
     return ["data", name, "--data-dir", folder, "--no-download"]
 
@@ -300,6 +310,22 @@ CASES = [
     Bad("train/seed-beside-seeds", lambda c: train(c, "--seed", "5", "--seeds", "1", "2"), "--seed"),
     Bad("train/set-seed-beside-seeds", lambda c: train(c, "--set", "train.seed=5", "--seeds", "1"), "--seed"),
     Bad("train/seeds-too-many", lambda c: train(c, "--seeds", *map(str, range(100))), "at most 16"),
+    # experiment campaign: refused before anything trains (issue 20)
+    Bad("campaign/budget-nan", lambda c: campaign(c, "--budget", "nan"), "budget"),
+    Bad("campaign/budget-inf", lambda c: campaign(c, "--budget", "inf"), "budget"),
+    Bad("campaign/budget-zero", lambda c: campaign(c, "--budget", "0"), "budget"),
+    Bad("campaign/carry-is-a-file", lambda c: campaign(c, carry=c.file("notes.txt", "x")), "notes.txt"),
+    Bad("campaign/carry-under-a-file", lambda c: campaign(c, carry=c.file("notes.txt", "x") / "carry"), "notes.txt"),
+    Bad("campaign/weights-is-a-file", lambda c: campaign(c, weights=c.file("index.json", "{}")), "index.json"),
+    Bad("campaign/nets-resnet1202", lambda c: campaign(c, "--nets", "resnet20", "resnet1202"), "resnet1202.*carry"),
+    Bad("campaign/nets-unknown", lambda c: campaign(c, "--nets", "resnet20", "resnet18"), "resnet18"),
+    Bad("campaign/table6-seeds-zero", lambda c: campaign(c, "--table6-seeds", "0"), "table6-seeds"),
+    Bad("campaign/table6-seeds-six", lambda c: campaign(c, "--table6-seeds", "6"), "table6-seeds"),
+    Bad("campaign/set-unknown-key", lambda c: campaign(c, "--set", "train.cuda_graf=off"), "train.cuda_graf"),
+    Bad("campaign/set-bad-choice", lambda c: campaign(c, "--set", "train.cuda_graph=maybe"), "maybe"),
+    Bad("campaign/set-recipe-field", lambda c: campaign(c, "--set", "optim.lr=0.05"), "optim.lr"),
+    Bad("campaign/set-its-own-field", lambda c: campaign(c, "--set", "train.seed=3"), "train.seed"),
+    Bad("experiment/set-not-campaign", lambda c: ["experiment", "table6", "--set", "train.cuda_graph=off"], "--set"),
     # eval, predict, export, import-weights, plot: options
     Bad("eval/batch-size-negative", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "-5"), "batch"),
     Bad("eval/batch-size-zero", lambda c: evaluate(c.good.checkpoint, c, "--batch-size", "0"), "batch"),
@@ -401,6 +427,9 @@ def test_the_table_is_large_and_its_ids_unique():
 
 def test_the_good_inputs_work(ctx, capsys):
     """The inputs the table damages, undamaged: each command succeeds, so each refusal above is the damage's."""
+    from conftest import write_cifar_python
+
+    write_cifar_python(ctx.tmp / "cifar", per_batch=26, n_test=20)  # the campaign's: one batch of 128
     for argv in [
         data(ctx.images()),
         data(ctx.good.idx, "fashion-mnist"),
@@ -409,6 +438,7 @@ def test_the_good_inputs_work(ctx, capsys):
         predict(ctx.good.checkpoint, ctx, "--top", "2"),
         predict(ctx.good.export, ctx),
         export(ctx.good.checkpoint, ctx.tmp / "again.safetensors"),
+        campaign(ctx, "--set", "train.cuda_graph=off"),
     ]:
         outcome = run_cli(argv, capsys)
         assert outcome.code == 0 and outcome.exception is None, outcome.describe()

@@ -15,7 +15,10 @@ from test_packed import stop_after
 from resnetlab.checkpoint import load_checkpoint
 from resnetlab.cli import main
 from resnetlab.deploy import read_bundle
-from resnetlab.experiments.campaign import Campaign, format_status, paper_plan
+from resnetlab.errors import UserError
+from resnetlab.experiments.campaign import Campaign
+from resnetlab.experiments.campaign_plan import paper_plan
+from resnetlab.experiments.campaign_status import format_status
 
 NETS = ["plain20", "resnet20"]
 ITERATIONS = 8
@@ -64,6 +67,14 @@ def test_the_plan_is_the_papers_order_and_fits_the_carry():
     assert "more than a window can carry" in refused[0][1]
     tiny, _ = paper_plan(seeds=2, nets=NETS)
     assert [u.label for u in tiny] == ["(a) plain20 seed 0", "(a) resnet20 seed 0", "(c) resnet20 seed 1"]
+    # Issue 20, item 5: what the plan cannot do is said, not dropped
+    with pytest.raises(UserError, match="resnet1202: a campaign cannot train it in windows: its checkpoint"):
+        paper_plan(nets=["resnet20", "resnet1202"])
+    with pytest.raises(UserError, match="--nets resnet18: not in the campaign's plan"):
+        paper_plan(nets=["resnet18", "resnet20"])
+    for seeds in (0, 6):
+        with pytest.raises(UserError, match="--table6-seeds must be 1 to 5"):
+            paper_plan(seeds=seeds)
 
 
 def test_windows_on_fresh_machines_end_where_one_uninterrupted_campaign_ends(tmp_path, cifar, monkeypatch):
@@ -359,3 +370,112 @@ def test_a_window_line_says_whether_float32_multiplied_in_tf32():
     assert window_record(gpu, 0.0, 60.0, 0, 100, runs=1)["tf32"] is True
     cpu = {"device": "cpu", "precision": "bf16", "torch_threads": 2}
     assert window_record(cpu, 0.0, 60.0, 0, 100, runs=1)["tf32"] is None
+
+
+def _evals(records: Path) -> list[int]:
+    lines = (records / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["iteration"] for line in lines if "test_top1_error" in line]
+
+
+def test_a_second_campaign_on_the_carry_of_one_that_trains_is_refused(tmp_path, cifar, monkeypatch):
+    """Issue 20, item 3: a second campaign on the same --carry (from another runs folder, so the run directories'
+    own locks never meet) once overwrote a finished run's records with a shorter copy. While the first one
+    trains it is refused at once, having read and written nothing; once the first has ended the carry is free."""
+    import resnetlab.engine.trainer as trainer
+
+    real, refusals = trainer.train_step, []
+    second = Campaign(
+        tmp_path / "m2", tmp_path / "carry", tmp_path / "w", iterations=4, data_dir=cifar, seeds=1, nets=["resnet20"]
+    )
+
+    def step(*args, **kwargs):
+        if not refusals:
+            with pytest.raises(UserError, match="in use by resnetlab experiment campaign") as refused:
+                second.run(budget=60)
+            refusals.append(str(refused.value))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    first = Campaign(
+        tmp_path / "m1", tmp_path / "carry", tmp_path / "w", iterations=4, data_dir=cifar, seeds=1, nets=["resnet20"]
+    )
+    assert not first.run(budget=300)["stopped"]
+    assert len(refusals) == 1 and f"--carry {tmp_path / 'carry'}" in refusals[0] and "\n" not in refusals[0]
+    assert list((tmp_path / "m2").iterdir()) == []  # nothing restored, nothing trained
+    records = tmp_path / "carry" / "records" / "cifar10-resnet20-it4-seed0"
+    assert _evals(records) == [1, 2, 3, 4]
+    monkeypatch.setattr(trainer, "train_step", real)
+    status = second.run(budget=60)  # the first has ended: its lock went with it
+    assert status["windows_left"] == 0 and _evals(records) == [1, 2, 3, 4]
+
+
+def test_set_applies_to_every_run_and_each_window_records_it(tmp_path, cifar, monkeypatch):
+    """``--set train.cuda_graph=off`` (what gpu_campaign.sh passes when the CUDA tests fail) changes how the runs
+    are computed, not what: a run cut short in a window without it resumes exactly in a window with it, its
+    config.json says the last window's setting and each window's line in windows.jsonl its own."""
+    stop_after(monkeypatch, 2)
+
+    def window(machine: str, *overrides: str) -> dict:
+        return Campaign(
+            tmp_path / machine, tmp_path / "carry", tmp_path / "w", iterations=4, data_dir=cifar, seeds=1,
+            nets=["resnet20"], plan="cpu", overrides=list(overrides),
+        ).run(budget=300)  # fmt: skip
+
+    assert window("m1")["stopped"]
+    later = 1
+    while window(f"m{later + 1}", "train.cuda_graph=off", "data.num_workers=0")["stopped"]:
+        later += 1
+        assert later < 5, "the campaign makes no progress"
+    records = tmp_path / "carry" / "records" / "cifar10-resnet20-it4-seed0"
+    assert _evals(records) == [1, 2, 3, 4]  # no iteration lost or twice
+    assert "resume_changes" not in (records / "metrics.jsonl").read_text()  # an exact continuation
+    config = json.loads((records / "config.json").read_text())
+    assert config["train"]["cuda_graph"] == "off" and config["data"]["num_workers"] == 0
+    lines = [json.loads(line) for line in (records / "windows.jsonl").read_text().splitlines()]
+    assert [w.get("set") for w in lines] == [None] + [{"train.cuda_graph": "off", "data.num_workers": 0}] * later
+
+
+@pytest.mark.parametrize(
+    "item, says",
+    [
+        ("optim.lr=0.05", "the paper's recipe"),  # a recipe field: refused, not trained under the paper's name
+        ("train.amp=off", "the paper's recipe"),
+        ("train.iterations=10", "--iterations"),  # the campaign's own
+        ("train.cuda_graf=off", "unknown --set key"),
+    ],
+)
+def test_set_refuses_what_would_change_the_runs_recipe_or_identity(tmp_path, item, says):
+    with pytest.raises(UserError, match=says):
+        Campaign(tmp_path / "r", tmp_path / "c", tmp_path / "w", nets=["resnet20"], seeds=1, overrides=[item])
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_carried_metrics_file_cut_short_is_refused_before_anything_is_put_back(tmp_path, cifar, monkeypatch):
+    """Issue 20, item 4: a carried metrics.jsonl cut in half was taken: the next window resumed from the carried
+    checkpoint, and the evaluations the cut lost stayed a gap for good, said only by a Python warning. No
+    checkpoint holds them, so the window refuses, naming the file and what to do; put back whole, it goes on."""
+    stop_after(monkeypatch, 6)
+
+    def window(machine: str) -> dict:
+        return Campaign(
+            tmp_path / machine, tmp_path / "carry", tmp_path / "w", iterations=8, data_dir=cifar, seeds=1,
+            nets=["resnet20"], plan="cpu",
+        ).run(budget=300)  # fmt: skip
+
+    assert window("m1")["stopped"]
+    name = "cifar10-resnet20-it8-seed0"
+    records = tmp_path / "carry" / "records" / name
+    metrics = records / "metrics.jsonl"
+    whole = metrics.read_bytes()
+    assert _evals(records) == [1, 2, 3, 4, 5, 6]
+    metrics.write_bytes(whole[: len(whole) // 2])  # cut mid-line
+    with pytest.raises(UserError, match="cut short \\(a torn line\\)") as refused:
+        window("m2")
+    assert str(metrics) in str(refused.value) and "git checkout" in str(refused.value)
+    assert not (tmp_path / "m2" / name).exists()  # nothing put back, nothing trained
+    metrics.write_bytes(b"".join(whole.splitlines(keepends=True)[:3]))  # cut between lines: no torn line
+    with pytest.raises(UserError, match="evaluations stop at iteration 3, the carried checkpoint is at 6"):
+        window("m2")
+    metrics.write_bytes(whole)
+    assert not window("m2")["stopped"]
+    assert _evals(records) == list(range(1, 9))

@@ -8,7 +8,6 @@ on the test set.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from ..files import atomic_write, read_jsonl, write_json
+from ..files import FolderInUse, atomic_write, lock_folder, read_jsonl, write_json
 from .tensorboard import TensorBoardMirror
 
 __all__ = ["RunDir", "RunRecord", "environment_record", "read_record"]
@@ -117,7 +116,6 @@ class RunDir:
         self.last = self.checkpoints / "last.pt"
         self.best = self.checkpoints / "best.pt"
         self.previous = self.checkpoints / "previous.pt"  # the last.pt before the newest: a fallback
-        self.lock_file = self.path / ".lock"
         self._lock: Any = None
         self.curves = self.path / "curves.png"
         self.tensorboard = self.path / "tensorboard"
@@ -136,23 +134,13 @@ class RunDir:
             if self.path.exists() and not self.path.is_dir():
                 raise UserError(f"--out {self.path} is a file, not a run directory; choose another --out")
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-            handle = open(self.lock_file, "a+")  # held open: the lock lives as long as the handle
+            self._lock = lock_folder(self.path, "resnetlab train")
+        except FolderInUse as err:
+            raise UserError(
+                f"{self.path} is in use by {err.holder}; wait for it to finish, or choose another --out"
+            ) from None
         except OSError as err:
             raise UserError(f"cannot create the run directory {self.path} ({err.strerror or err})") from None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise UserError(
-                f"{self.path} is in use by {holder}; wait for it to finish, or choose another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"resnetlab train (pid {os.getpid()} on {platform.node()})\n")
-        handle.flush()
-        self._lock = handle
 
     def release(self) -> None:
         if self.mirror is not None:

@@ -1,142 +1,74 @@
 """The paper's CIFAR-10 section at the full 64k schedule, worked through in short windows (GPU or CPU).
 
-``resnetlab experiment campaign --budget SECONDS --runs DIR`` trains, in the GPU plan's order (the issue's
-(a)-(d)): (a) seed 0 of plain-20/32/44/56 and ResNet-20/32/44/56 (Fig. 6 left and middle, Table 6); (b)
-ResNet-110 seed 0; (c) seeds 1-4 of ResNet-20 to 110 (Table 6's mean +- std), each network's seeds packed
-into one (``train_packed``); (d) plain-110 and ResNet-1202 seed 0. The CPU plan (``--plan cpu``, the default
-without CUDA) has the same runs in the order that finishes soonest what the claims need most: ResNet-20 and
-plain-20, then ResNet-56 and plain-56 (Fig. 6's two ends), then 32 and 44 with their plain twins, ResNet-110,
-seeds 1-4 one at a time (packing does not pay on a CPU), plain-110. Every run is an ordinary experiment run
-(``ROOT/cifar10-<net>-it<N>-seed<S>``), so ``table6``, ``degradation --no-train`` and ``responses`` read them,
-whichever plan or machine trained them; ``windows.jsonl`` beside their records says which machine, precision
-and commit trained which iterations (``windows.py``).
+``resnetlab experiment campaign --budget SECONDS --runs DIR`` trains the plan's runs (``campaign_plan.py``:
+the GPU plan in the paper's order, seeds packed; the CPU plan soonest-done first, one run at a time). Every
+run is an ordinary experiment run (``ROOT/cifar10-<net>-it<N>-seed<S>``), so ``table6``, ``degradation
+--no-train`` and ``responses`` read them, whichever plan or machine trained them; ``windows.jsonl`` beside
+their records says which machine, precision and commit trained which iterations (``windows.py``).
 
 A window stops, every run checkpointed, before ``--budget`` is spent (``Deadline``). Between windows the
 carry folder (``campaign/`` in the repository) holds each run's records (config, env, metrics) and, for a run
 not finished, its last checkpoint (replaced each window, deleted once the run finishes); at the start of a
 window they are put back under ``--runs`` and the cut-short runs resume exactly. A finished seed-0 network is
 exported (safetensors, BN folded) into ``weights/`` with its final test error in ``weights/index.json``.
-
-A window's machine takes and gives back at most 64 MiB, so the networks packed together are as many seeds
-as keep the carried checkpoints under ``CARRY_LIMIT``; a network whose single checkpoint is larger (ResNet-1202: 19.4M
-parameters, 155 MB with its momentum) cannot be carried and is left out of the windows, said so.
+What is done and left is ``campaign_status.py``'s.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from ..config import parse_overrides, set_values
 from ..engine.rundir import RunRecord, read_record
+from ..engine.state import FREE_ON_RESUME
 from ..errors import UserError
-from ..files import atomic_path, sha256_file, write_json
-from ..models import count_parameters, create_model
-from ..runtime import resolve_device
+from ..files import FolderInUse, atomic_path, lock_folder, sha256_file, write_json
+from .campaign_plan import CARRY_LIMIT, TABLE6_SEEDS, paper_plan, resolve_plan
+from .campaign_status import campaign_gains, campaign_status
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
-from .windows import WINDOWS_FILE, append_window, gained_since, read_windows, recent_rate, window_record, window_summary
+from .windows import WINDOWS_FILE, append_window, read_windows, window_record, window_summary
 
-__all__ = [
-    "CARRY_LIMIT",
-    "PLANS",
-    "Unit",
-    "paper_plan",
-    "resolve_plan",
-    "Campaign",
-    "campaign_command",
-]
+__all__ = ["Campaign", "campaign_settings", "finished"]
 
-# Bytes of unfinished checkpoints one window may hand to the next. A window's machine receives at most 64 MiB
-# (the repository, with the shipped weights (about 32 MB once the plan is done), and the 19 MB CIFAR-10
-# archive) and gives back at most 64 MiB: 16 MiB leaves room for both.
-CARRY_LIMIT = 16 * 2**20
 RECORD_FILES = ("config.json", "env.json", "metrics.jsonl", WINDOWS_FILE)
 STARTUP_S = 45.0  # what a unit costs before its first step (data, networks, graph capture): not worth less
 SYNC_S = 20.0  # kept back for carrying the runs and exporting finished networks at the end of a window
-RECENT_S = 600.0  # the status's images/s: over the windows that ended in the last 10 minutes
-PLAIN = ["plain20", "plain32", "plain44", "plain56"]
-RESNETS = ["resnet20", "resnet32", "resnet44", "resnet56"]
-# The CPU plan's part (a): what finishes soonest first, in pairs that each answer a claim. ResNet-20 and
-# plain-20 (the cheapest pair, ~3x faster than 56); then 56 and plain-56, the two ends of Fig. 6 (the
-# degradation of the plain net and its absence in the ResNet show with these two pairs alone); then the
-# depths between them.
-CPU_FIRST = ["resnet20", "plain20", "resnet56", "plain56", "resnet32", "plain32", "resnet44", "plain44"]
-PLANS = ("gpu", "cpu")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Fields of a run's config the campaign sets itself (experiment_config), and the option that sets them.
+OWN_KEYS = {
+    "train.iterations": "--iterations",
+    "train.seed": "--table6-seeds",
+    "train.eval_every": "every 1/64 of the run",
+    "train.checkpoint_every": "every 1/64 of the run",
+    "data.data_dir": "--data-dir",
+}
+SETTABLE = sorted(k for k in FREE_ON_RESUME if "." in k and k not in OWN_KEYS)
 
 
-@dataclass(frozen=True)
-class Unit:
-    """Seeds of one network trained together (packed), in the plan's part (a)-(d)."""
-
-    part: str
-    net: str
-    seeds: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        seeds = ",".join(map(str, self.seeds))
-        return f"({self.part}) {self.net} seed{'s' if len(self.seeds) > 1 else ''} {seeds}"
-
-
-def checkpoint_bytes(net: str) -> int:
-    """A training checkpoint of ``net``: weights and momentum in float32, plus the record (about 64 KiB)."""
-    return 8 * count_parameters(create_model(net)) + 64 * 1024
-
-
-def resolve_plan(plan: str) -> str:
-    """``auto``: the GPU plan where CUDA is, the CPU plan elsewhere; ``gpu`` and ``cpu`` as they are."""
-    if plan == "auto":
-        return "gpu" if resolve_device("auto").type == "cuda" else "cpu"
-    if plan not in PLANS:
-        raise UserError(f"unknown plan {plan!r} (auto, gpu or cpu)")
-    return plan
-
-
-def paper_plan(
-    seeds: int = 5, nets: list[str] | None = None, carry_limit: int = CARRY_LIMIT, plan: str = "gpu"
-) -> tuple[list[Unit], list[tuple[Unit, str]]]:
-    """The campaign's units in order, and the ones it cannot run across windows (with why).
-
-    ``seeds``: seeds per network of Table 6 (the paper: 5; part (c) trains seeds 1..seeds-1). ``nets``: only
-    these networks (a tiny plan for tests). ``plan="gpu"``: the paper's order, a network's seeds in (c)
-    packed in groups whose carried checkpoints fit ``carry_limit``; ``"cpu"``: ``CPU_FIRST``, and each seed
-    of (c) a unit of its own (on a CPU packing is slower than one network after another)."""
-    if plan == "cpu":
-        wanted = [("a", net, (0,)) for net in CPU_FIRST] + [("b", "resnet110", (0,))] + [
-            ("c", net, (seed,)) for net in RESNETS + ["resnet110"] for seed in range(1, seeds)
-        ]  # fmt: skip
-    else:
-        wanted = [
-            ("a", net, (0,)) for net in PLAIN + RESNETS
-        ] + [("b", "resnet110", (0,))] + [
-            ("c", net, tuple(range(1, seeds))) for net in RESNETS + ["resnet110"]
-        ]  # fmt: skip
-    wanted += [("d", "plain110", (0,)), ("d", "resnet1202", (0,))]
-    units, refused = [], []
-    for part, net, group in wanted:
-        if (nets is not None and net not in nets) or not group:
-            continue
-        size = checkpoint_bytes(net)
-        per_unit = carry_limit // size
-        if per_unit < 1:
-            refused.append(
-                (
-                    Unit(part, net, group),
-                    f"its checkpoint ({size / 1e6:.0f} MB with momentum) is more than a window can carry to the "
-                    f"next ({carry_limit / 2**20:.0f} MiB); it needs one uninterrupted run of its own",
-                )
+def campaign_settings(overrides: list[str]) -> dict[str, Any]:
+    """``--set section.key=value`` for every run a campaign trains, typed (``config.parse_overrides``: an
+    unknown key or a bad value is a one-line error). Only what a resume may change freely (``FREE_ON_RESUME``:
+    how a run is computed on this machine, e.g. ``train.cuda_graph=off``, not what it computes) and the campaign
+    does not set itself. A recipe field is refused: runs cut short would not resume with it (the trainer
+    refuses a changed recipe), finished runs would be reused without it, and ``weights/`` would ship runs of
+    two recipes under the paper's name."""
+    values = parse_overrides(overrides)
+    for key in values:
+        if key in OWN_KEYS:
+            raise UserError(f"--set {key}: the campaign sets it itself ({OWN_KEYS[key]})")
+        if key not in SETTABLE:
+            raise UserError(
+                f"--set {key}: the campaign trains the paper's recipe, so its --set takes only what a run may change "
+                f"when it resumes: {', '.join(SETTABLE)}"
             )
-            continue
-        parts = -(-len(group) // per_unit)  # as few units as fit, of balanced sizes
-        for i in range(parts):
-            units.append(Unit(part, net, group[i * len(group) // parts : (i + 1) * len(group) // parts]))
-    return units, refused
+    return values
 
 
 class Campaign:
@@ -150,13 +82,15 @@ class Campaign:
         *,
         iterations: int = PAPER_ITERATIONS,
         data_dir: str | None = None,
-        seeds: int = 5,
+        seeds: int = TABLE6_SEEDS,
         nets: list[str] | None = None,
         carry_limit: int = CARRY_LIMIT,
         eval_points: int = 64,
         plan: str = "gpu",
+        overrides: list[str] | None = None,
     ) -> None:
         self.runs, self.carry, self.weights = Path(runs), Path(carry), Path(weights)
+        self.settings = campaign_settings(overrides or [])  # recorded in each window's line (windows.jsonl)
         self.iterations, self.data_dir, self.eval_points = iterations, data_dir, eval_points
         self.plan = resolve_plan(plan)
         self.units, self.refused = paper_plan(seeds, nets, carry_limit, self.plan)
@@ -165,7 +99,7 @@ class Campaign:
             raise UserError("the campaign's plan is empty (--nets names none of its networks?)")
 
     def config(self, net: str, seed: int):
-        return experiment_config(net, self.iterations, seed, self.data_dir, self.eval_points)
+        return set_values(experiment_config(net, self.iterations, seed, self.data_dir, self.eval_points), self.settings)
 
     def name(self, net: str, seed: int) -> str:
         return run_name(f"cifar10-{net}", self.iterations, seed)
@@ -194,7 +128,7 @@ class Campaign:
     def restore(self) -> list[str]:
         """Put the carried records and checkpoints under ``runs`` where they are newer than what is there;
         returns the runs restored."""
-        restored = []
+        newer = []
         for name in self.names():
             records = self.carry / "records" / name
             if not (records / "metrics.jsonl").is_file():
@@ -203,7 +137,11 @@ class Campaign:
             carried = self._carried_checkpoint(name)
             carried_at, here_at = checkpoint_iteration(carried) or 0, checkpoint_iteration(target) or 0
             if _reached(records) <= _reached(target) and carried_at <= here_at:
-                continue  # this machine's own copy is as far
+                continue  # this machine's own copy is as far (and the next carry replaces the carried one)
+            _refuse_cut_records(records, carried, carried_at)
+            newer.append((name, records, target, carried))
+        restored = []
+        for name, records, target, carried in newer:  # every carried record checked before any is put back
             target.mkdir(parents=True, exist_ok=True)
             for file in RECORD_FILES:
                 if (records / file).is_file():
@@ -274,13 +212,46 @@ class Campaign:
 
         SIGTERM or SIGINT stops the window like its budget: during training the trainer finishes the step and
         saves; between units the campaign starts no other. Either way the runs are carried."""
+        if not (math.isfinite(budget) and budget > 0):
+            raise UserError(f"--budget must be a number of seconds > 0, got {budget:g}")
         started = time.monotonic()
+        lock = self._take_folders()  # before anything is read or trained
+        try:
+            restored = self.restore()
+            if restored:
+                print(f"restored {len(restored)} runs from {self.carry}")
+            return self._window(started, budget, progress)
+        finally:
+            lock.close()
+
+    def _take_folders(self) -> IO[str]:
+        """The folders checked before anything trains (a file given as ``--carry`` was a traceback once the
+        window had trained), and the carry locked for this window, as each run directory is locked
+        (``files.lock_folder``): a second campaign carrying into the same folder would write its copies of the
+        runs over the first one's (a finished run's records replaced by a shorter copy's)."""
+        for flag, folder in (("--runs", self.runs), ("--weights", self.weights), ("--carry", self.carry)):
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"{flag} {folder} is a file, not a folder")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"{flag} {folder}: cannot make the folder ({err.strerror or err})") from None
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"{flag} {folder} is not writable")
+        try:
+            return lock_folder(self.carry, "resnetlab experiment campaign")
+        except FolderInUse as err:
+            raise UserError(
+                f"--carry {self.carry} is in use by {err.holder}; one campaign at a time carries into a folder: "
+                "wait for that window to end, or give this one another --carry"
+            ) from None
+        except OSError as err:
+            raise UserError(f"--carry {self.carry}: cannot lock it ({err.strerror or err})") from None
+
+    def _window(self, started: float, budget: float, progress: bool | None) -> dict[str, Any]:
         deadline = started + budget - min(SYNC_S, 0.1 * budget)  # the carrying and exports at the end
         startup = min(STARTUP_S, budget / 4)
         previous = self._catch_stop_signals()
-        restored = self.restore()
-        if restored:
-            print(f"restored {len(restored)} runs from {self.carry}")
         before = _folder_bytes(self.carry) + _folder_bytes(self.weights)
         stopped = False
         try:
@@ -323,7 +294,8 @@ class Campaign:
                 last = checkpoint_iteration(path) or 0
                 if last > start and (path / "env.json").is_file():
                     env = json.loads((path / "env.json").read_text())
-                    append_window(path, window_record(env, wall, seconds, start, last, runs=len(paths)))
+                    record = window_record(env, wall, seconds, start, last, runs=len(paths))
+                    append_window(path, record | ({"set": self.settings} if self.settings else {}))
 
     def _catch_stop_signals(self) -> dict[int, Any]:
         """Note SIGTERM and SIGINT in ``self.signal`` instead of dying (a kill mid-carry would leave the carry
@@ -341,96 +313,12 @@ class Campaign:
         return previous
 
     def status(self, window_s: float = 480.0, now: float | None = None) -> dict[str, Any]:
-        """Per unit: each run's iterations done (saved: ``done``) and left, the unit's images/s over the windows
-        that ended in the last 10 minutes, the seconds left (at that speed for the current unit, the first
-        unfinished one, when it has one; else at the speed its evaluations measured) and the machines that
-        trained it; the seconds and GPU windows of ``window_s`` left."""
-        now = time.time() if now is None else now
-        speed = self._seconds_per_iteration()
-        rows, total_s, unknown, current = [], 0.0, False, None
-        for unit in self.units:
-            names = [self.name(unit.net, s) for s in unit.seeds]
-            done = [self.done(n) for n in names]
-            left = sum(self.iterations - d for d in done)
-            windows = [w for n in names for w in self.windows(n)]
-            batch = self.config(unit.net, unit.seeds[0]).optim.batch_size
-            rate = recent_rate(windows, batch, now, RECENT_S)
-            per_it = _estimate(speed, unit.net, len(unit.seeds))
-            seconds = None if per_it is None else max(self.iterations - min(done), 0) * per_it
-            if left and current is None:
-                current = unit.label
-                if rate:
-                    seconds = left * batch / rate
-            if left and seconds is None:
-                unknown = True
-            total_s += seconds or 0.0
-            machines = sorted({f"{w['machine']}, {w['precision']}" for w in windows})
-            rows.append(
-                {
-                    "unit": unit.label,
-                    "runs": names,
-                    "done": done,
-                    "left": left,
-                    "seconds_left": seconds,
-                    "images_per_s": rate,
-                    "machines": machines,
-                }
-            )
-        windows_left = None if unknown else math.ceil(total_s / window_s)
-        return {
-            "plan": self.plan,
-            "units": rows,
-            "current": current,
-            "refused": [(u.label, why) for u, why in self.refused],
-            "seconds_left": None if unknown else total_s,
-            "windows_left": windows_left,
-            "window_s": window_s,
-        }
+        """What is done and left, per unit (``campaign_status``)."""
+        return campaign_status(self, window_s, now)
 
     def gained(self, since: float) -> dict[str, int]:
-        """Iterations each run gained in the windows that ended after the Unix time ``since`` (its windows'
-        records), for the runs that gained any, labelled ``net seed S``."""
-        gains = {}
-        for unit in self.units:
-            for seed in unit.seeds:
-                gain = gained_since(self.windows(self.name(unit.net, seed)), since)
-                if gain:
-                    gains[f"{unit.net} seed {seed}"] = gain
-        return gains
-
-    def _seconds_per_iteration(self) -> dict[tuple[str, int], float]:
-        """Measured seconds per iteration by (network, networks packed), from the runs' evaluation records."""
-        speed: dict[tuple[str, int], float] = {}
-        for unit in self.units:
-            for seed in unit.seeds:
-                path = self.runs / self.name(unit.net, seed)
-                if not (path / "metrics.jsonl").is_file():
-                    continue
-                record = read_record(path)
-                rates = [e for e in record.evals[1:] if e.get("images_per_s")]  # the first holds the start-up
-                if rates:
-                    # The median of the last five: one record's rate can be off (a window that shared the CPU,
-                    # or, before checkpoints kept the times, the first record after a resume).
-                    recent = sorted(float(e["images_per_s"]) for e in rates[-5:])
-                    k = int(rates[-1].get("packed", 1))
-                    batch = int(record.config["optim"]["batch_size"])
-                    speed[(unit.net, k)] = batch / recent[len(recent) // 2]
-        return speed
-
-
-def _depth(net: str) -> int:
-    return int("".join(ch for ch in net if ch.isdigit()))
-
-
-def _estimate(speed: dict[tuple[str, int], float], net: str, k: int) -> float | None:
-    """Seconds per iteration of ``k`` packed ``net``s: measured, or scaled from the nearest measurement by
-    depth and by networks packed (both roughly linear once the GPU is busy)."""
-    if (net, k) in speed:
-        return speed[(net, k)]
-    if not speed:
-        return None
-    (other, other_k), seconds = min(speed.items(), key=lambda kv: abs(_depth(kv[0][0]) - _depth(net)))
-    return seconds * _depth(net) / _depth(other) * k / other_k
+        """Iterations each run gained in the windows that ended after ``since`` (``campaign_gains``)."""
+        return campaign_gains(self, since)
 
 
 def _record(path: Path) -> RunRecord | None:
@@ -450,6 +338,32 @@ def _reached(path: Path) -> int:
     return 0 if record is None else min(record.reached, record.iterations)
 
 
+def _refuse_cut_records(records: Path, carried: Path, carried_at: int) -> None:
+    """A carried ``metrics.jsonl`` cut short (the campaign writes the carry atomically, so something else cut
+    it) is refused: a torn last line, or evaluations that stop before the carried checkpoint's iteration. The
+    trainer would resume from the checkpoint keeping what the file holds, and the evaluations lost between
+    would be a gap for good; no checkpoint holds them, so nothing here can repair them."""
+    metrics = records / "metrics.jsonl"
+    lines = [line for line in metrics.read_text(errors="replace").splitlines() if line.strip()]
+    try:
+        parsed = [json.loads(line) for line in lines]
+    except json.JSONDecodeError:
+        parsed, why = None, "a torn line"
+    if parsed is not None:
+        evals = [int(r["iteration"]) for r in parsed if "test_top1_error" in r]
+        config = records / "config.json"
+        every = int(json.loads(config.read_text())["train"]["eval_every"]) if config.is_file() else 0
+        expected = carried_at - carried_at % every if every else 0  # the last evaluation the checkpoint passed
+        if max(evals, default=0) >= expected:
+            return
+        why = f"its evaluations stop at iteration {max(evals, default=0)}, the carried checkpoint is at {carried_at}"
+    again = f"delete {records} and {carried} to train the run again" if carried.is_file() else f"delete {records}"
+    raise UserError(
+        f"{metrics} is cut short ({why}): resumed, its lost evaluations would stay a gap. Put back an intact "
+        f"copy (git checkout -- {metrics}), or {again}"
+    )
+
+
 def _copy(source: Path, target: Path) -> None:
     """``source`` copied onto ``target`` atomically: a window cut off mid-copy leaves the old file whole."""
     with atomic_path(target) as tmp:
@@ -458,85 +372,3 @@ def _copy(source: Path, target: Path) -> None:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """What the campaign prints: each unit done or left (the current one with its speed over the last 10
-    minutes and its ETA), machines mixed within a run, the runs it cannot carry, the windows left."""
-    lines = []
-    for row in status["units"]:
-        done = "/".join(f"{d:,}" for d in row["done"])
-        state = "done" if row["left"] == 0 else f"{done} iterations done, {row['left']:,} left"
-        if row["unit"] != status.get("current") and row["left"] and row["seconds_left"] is not None:
-            state += f" (~{_duration(row['seconds_left'])})"
-        elif row["unit"] == status.get("current"):
-            rate = row.get("images_per_s")
-            speed = f"{rate:,.0f} images/s over the last 10 min" if rate else "no window in the last 10 min"
-            eta = "" if row["seconds_left"] is None else f", ETA {_duration(row['seconds_left'])}"
-            state += f"  <- current: {speed}{eta}"
-        if len(row.get("machines", [])) > 1:
-            state += f"  [trained on {len(row['machines'])} machines/precisions: {'; '.join(row['machines'])}]"
-        lines.append(f"  {row['unit']:<34} {state}")
-    for label, why in status["refused"]:
-        lines.append(f"  {label:<34} not in the windows: {why}")
-    if status["windows_left"] is None:
-        lines.append("windows left: unknown until a window has measured the speed")
-    elif status["windows_left"] == 0:
-        lines.append("the plan is done")
-    elif status.get("plan") == "cpu":
-        lines.append(f"left: ~{_duration(status['seconds_left'])} of training at the measured speed")
-    else:
-        lines.append(
-            f"left: ~{status['seconds_left'] / 60:.0f} min of GPU time, {status['windows_left']} windows of "
-            f"{status['window_s'] / 60:.0f} min at the measured speed"
-        )
-    if "carried_bytes" in status:
-        lines.append(
-            f"carried between windows (campaign/ and weights/): {status['carried_bytes'] / 1e6:.1f} MB, "
-            f"{status['grew_bytes'] / 1e6:+.1f} MB this window"
-        )
-    return "\n".join(lines)
-
-
-def format_gained(gains: dict[str, int]) -> str:
-    """``gained`` on one line: ``resnet20 seed 0 +3,873, plain20 seed 0 +120 iterations``."""
-    if not gains:
-        return "no iterations gained"
-    return ", ".join(f"{label} +{n:,}" for label, n in gains.items()) + " iterations"
-
-
-def campaign_command(
-    budget: float,
-    runs: Path,
-    carry: Path,
-    weights: Path,
-    *,
-    iterations: int,
-    data_dir: str | None,
-    seeds: int,
-    nets: list[str] | None,
-    status_only: bool,
-    plan: str = "auto",
-    since: float | None = None,
-) -> int:
-    campaign = Campaign(
-        runs, carry, weights, iterations=iterations, data_dir=data_dir, seeds=seeds, nets=nets, plan=plan
-    )
-    if since is not None:  # one line for scripts/cpu_window.sh stop
-        print(format_gained(campaign.gained(since)))
-        return 0
-    if status_only:  # reads the run folder and the carry, writes nothing: a window may be training beside it
-        print(f"the {campaign.plan.upper()} plan:")
-        print(format_status(campaign.status()))
-        return 0
-    if budget <= 0:
-        raise UserError(f"--budget must be a number of seconds > 0, got {budget:g}")
-    status = campaign.run(budget)
-    print(("stopped before the budget; " if status["stopped"] else "") + f"after {status['seconds']:.0f} s:")
-    print(format_status(status))
-    return 0
