@@ -53,7 +53,11 @@ _loop)  # the background window itself (started by `start`, in a session of its 
     stopping=
     trap 'stopping=1' TERM INT  # bash runs it once the campaign in the foreground has saved and exited
     # Lowest priority on both cores (nice 19 is inherited from `start`); OpenMP threads that sleep when idle
-    # instead of spinning, so that the window yields to whatever runs in the foreground.
+    # instead of spinning, so that the window yields to whatever runs in the foreground. With the kernel's
+    # autogroups (sched_autogroup_enabled, on here) a process's nice counts only against its own session's:
+    # setsid made this window a session of its own, which then took a full share beside each terminal's tests
+    # (63 % of a core, seen). Its autogroup gets nice 19 too, so it yields to the other sessions as well.
+    [ -w /proc/self/autogroup ] && { echo 19 >/proc/self/autogroup; } 2>/dev/null
     export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
     export PYTHONUNBUFFERED=1 RESNETLAB_CACHE=${RESNETLAB_CACHE:-$STATE/cache}
     while [ -z "$stopping" ]; do

@@ -75,6 +75,9 @@ def test_cpu_window_start_refuse_stop_status_and_resume(tmp_path):
         again = window("start")
         assert again.returncode == 1 and "already running" in again.stderr
         _wait_for(lambda: trains_past(0), 90, "the first evaluation")
+        group = Path(f"/proc/{(tmp_path / 'state' / 'pid').read_text().strip()}/autogroup")
+        if group.is_file():  # the kernel's autogroups: the window's session yields to the others too
+            assert group.read_text().split()[-1] == "19", group.read_text()
         stopped = window("stop")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         first = _checkpoint_iteration(carried)
