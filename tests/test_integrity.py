@@ -22,6 +22,7 @@ from resnetlab.cli import main
 from resnetlab.deploy import export_model, read_bundle
 from resnetlab.deploy.export import _runner
 from resnetlab.errors import UserError
+from resnetlab.files import sha256_file
 
 from test_eval import make_checkpoint, write_val_folder
 
@@ -126,9 +127,10 @@ def test_an_export_without_a_checksum_is_still_read(checkpoint, tmp_path):
 def test_a_damaged_torchscript_export_is_refused_by_the_exports_check(checkpoint, tmp_path):
     out = tmp_path / "model.pt"
     export_model(checkpoint, "torchscript", out)
+    written = sha256_file(out)  # what export wrote; the damage comes after
     entry = flip_in_zip(out)
     with pytest.raises(UserError, match=rf"{out}.*damaged.*{entry}"):
-        _runner("torchscript", out)
+        _runner("torchscript", out, written)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])

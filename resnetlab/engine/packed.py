@@ -35,7 +35,7 @@ from .. import runtime
 from ..config import RunConfig, set_values
 from ..errors import UserError
 from ..evaluation.metrics import Tally
-from ..files import write_json
+from ..files import LOCK_FILE, write_json
 from ..models.packed import PackedNetworks
 from .fused import FusedStep
 from .inputs import TrainingData, build_data, memory_dataset, uses_memory_loader
@@ -181,7 +181,7 @@ def _remove_unused(run: RunDir, top: Path) -> None:
     checkpoints folder: what ``acquire`` made for a run that was then refused."""
     if any(run.checkpoints.iterdir()) or {p.name for p in run.path.iterdir()} - {".lock", "checkpoints"}:
         return
-    run.lock_file.unlink(missing_ok=True)
+    (run.path / LOCK_FILE).unlink(missing_ok=True)
     run.checkpoints.rmdir()
     folder = run.path.absolute()
     while True:
