@@ -330,3 +330,28 @@ def test_train_cli_runs_and_plots(tmp_path, data_dir):
     assert plot.returncode == 0 and (tmp_path / "both.png").stat().st_size > 0
     bad = _cli("plot", str(tmp_path / "nothing"))
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_a_run_cut_short_by_older_code_resumes(tmp_path, data_dir):
+    """tests/data/run_635b0b9: this tiny run (amp off, no TensorBoard) stopped by a SIGINT at iteration 7 under
+    commit 635b0b9, before issue 21 made one loop of the single and packed ones. It resumes with today's code
+    and ends where an uninterrupted run of today's code ends: the same data order and schedule exactly, the
+    same records (but for keys added since), and the same weights (to float rounding: its first 7 steps ran on the machine that wrote it)."""
+    import shutil
+
+    run, ref = tmp_path / "old", tmp_path / "ref"
+    shutil.copytree(Path(__file__).parent / "data" / "run_635b0b9", run)
+    config = tiny_config(data_dir, "train.amp=off", "train.tensorboard=off")
+    assert load_checkpoint(run / "checkpoints/last.pt")["iteration"] == 7
+    train(config, run, resume="auto", progress=False)
+    train(config, ref, progress=False)
+    old, new = load_checkpoint(run / "checkpoints/last.pt"), load_checkpoint(ref / "checkpoints/last.pt")
+    assert old["iteration"] == new["iteration"] == 20
+    assert old["loader"] == new["loader"] and old["schedule"] == new["schedule"]
+    for key, value in new["model"].items():
+        torch.testing.assert_close(old["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert [r["iteration"] for r in metrics(run)] == [r["iteration"] for r in metrics(ref)]
+    for a, b in zip(metrics(run), metrics(ref)):  # the old records lack what later code added ("precision")
+        assert a.keys() <= b.keys()
+        for key, value in a.items():
+            assert value == (pytest.approx(b[key], rel=1e-4, abs=1e-5) if isinstance(value, float) else b[key]), key

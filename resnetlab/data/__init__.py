@@ -19,7 +19,7 @@ from .datasets import (
     train_val_split,
 )
 from .decode import BAD_IMAGE_POLICIES, BadImage, read_image
-from .fast import BatchAugment, InMemoryLoader
+from .fast import BatchAugment, DeviceSplit, InMemoryLoader
 from .loaders import FileDataset, ShardSampler, make_loader, open_image_folder, verify_images
 from .preprocessing import VIEWS, Preprocessing, check_view, view_transform, views_per_image
 from .readers import FolderIndex, index_folder
@@ -52,6 +52,7 @@ __all__ = [
     "BAD_IMAGE_POLICIES",
     "BadImage",
     "BatchAugment",
+    "DeviceSplit",
     "DatasetSpec",
     "FileDataset",
     "FolderIndex",

@@ -17,16 +17,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "InMemoryLoader", "LoaderPosition"]
+__all__ = ["BatchAugment", "DeviceSplit", "InMemoryLoader", "LoaderPosition", "subtract_mean"]
 
 
 def _seed(*parts: object) -> int:
     """A 63-bit seed from a tuple, the same on every machine and Python (unlike ``hash``)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def subtract_mean(images: torch.Tensor, mean: torch.Tensor, scale: float) -> torch.Tensor:
+    """Pixels (0..255, any dtype) -> the network's input, float32 ``(x - mean) * scale``: the one place this
+    formula is written. ``mean`` broadcasts against ``images``: a mean image (C, H, W), or one per packed
+    network (K, 1, C, H, W) against (K, B, C, H, W)."""
+    return (images.float() - mean) * scale
 
 
 class BatchAugment:
@@ -45,10 +53,11 @@ class BatchAugment:
         flips = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
         return offsets, flips
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float32 ``(x - mean) * scale``: the test-time view (Sec. 4.2)."""
-        mean = self.mean.to(images.device, non_blocking=True)
-        return (images.float() - mean) * self.scale
+    def normalize(self, images: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float32 ``(x - mean) * scale``: the test-time view (Sec. 4.2). ``mean``: another
+        mean than this one's, e.g. K networks' means (K, 1, C, H, W) for their batches (K, B, C, H, W)."""
+        mean = self.mean if mean is None else mean
+        return subtract_mean(images, mean.to(images.device, non_blocking=True), self.scale)
 
     def __call__(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 (B, C, H, W): crop ``offsets`` from the padded image, ``flips`` mirrored."""
@@ -66,6 +75,18 @@ class BatchAugment:
         index = rows[:, :, None] * (w + 2 * p) + cols[:, None, :]  # (B, H, W) into the flattened padded plane
         index = index.view(b, 1, h * w).expand(b, c, h * w)
         return padded.flatten(2).gather(2, index).view(b, c, h, w)
+
+
+@dataclass(frozen=True)
+class DeviceSplit:
+    """What a step that gathers its own batches on the device (``resnetlab.engine.fused``) needs of an
+    ``InMemoryLoader``: the split as it sits there, and how the loader turns its pixels into a batch."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8 on the device; the same tensor for loaders that share a split
+    labels: torch.Tensor  # (N,) int64
+    mean: torch.Tensor  # (C, H, W) float32, pixel units: this loader's mean image
+    batch_size: int  # per batch (per rank)
+    augment: BatchAugment  # normalize (the formula, with any mean) and crop_flip
 
 
 class LoaderPosition:
@@ -185,6 +206,10 @@ class InMemoryLoader(LoaderPosition):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.labels.index_select(0, index)
+
+    def on_device(self) -> DeviceSplit:
+        """The split on the device and how a batch is made of it, for a step that gathers its own batches."""
+        return DeviceSplit(self.images, self.labels, self.augment.mean, self.batch_size, self.augment)
 
     def epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All of a training epoch's randomness at once, on the CPU, exactly as ``batch`` draws it (one process):

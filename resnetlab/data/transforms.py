@@ -34,6 +34,8 @@ from torch import nn
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .fast import subtract_mean
+
 __all__ = [
     "IMAGENET_EIGVAL",
     "IMAGENET_EIGVEC",
@@ -84,8 +86,9 @@ class SubtractMean(nn.Module):
             mean = mean.view(-1, 1, 1)
         elif mean.shape[-2:] != x.shape[-2:]:
             mean = mean.mean(dim=(1, 2), keepdim=True)
-        x = x.float() - mean
-        return x / self.std if self.std is not None else x * self.scale
+        if self.std is None:
+            return subtract_mean(x, mean, self.scale)
+        return (x.float() - mean) / self.std
 
 
 class PCALighting(nn.Module):

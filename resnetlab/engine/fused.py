@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data import InMemoryLoader
+from ..data import DeviceSplit, InMemoryLoader
 from ..models.packed import PackedNetworks
 from .loop import autocast
 
@@ -68,21 +68,22 @@ class FusedStep:
             raise ValueError("CUDA graphs need a CUDA device")
         self.model, self.loaders, self.device, self.amp = model, list(loaders), device, amp
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
-        self.k, self.batch_size = model.k, loaders[0].batch_size
+        splits = [loader.on_device() for loader in loaders]
+        self.k, self.batch_size = model.k, splits[0].batch_size
         self.augmenting = loaders[0].augmenting
-        self.augment = loaders[0].augment  # pad and scale (the same for all); each network's own mean below
+        self.augment = splits[0].augment  # pad and scale (the same for all); each network's own mean below
         # One pool of images on the device: the networks' splits, each once (one shared tensor without subsets).
-        pools: list[InMemoryLoader] = []
-        for loader in loaders:
-            if not any(loader.images is other.images for other in pools):
-                pools.append(loader)
+        pools: list[DeviceSplit] = []
+        for split in splits:
+            if not any(split.images is other.images for other in pools):
+                pools.append(split)
         starts, total = {}, 0
-        for loader in pools:
-            starts[id(loader.images)], total = total, total + len(loader.images)
-        self.offset = torch.tensor([starts[id(loader.images)] for loader in loaders]).view(self.k, 1, 1)
+        for pool in pools:
+            starts[id(pool.images)], total = total, total + len(pool.images)
+        self.offset = torch.tensor([starts[id(split.images)] for split in splits]).view(self.k, 1, 1)
         self.images = pools[0].images if len(pools) == 1 else torch.cat([p.images for p in pools])
         self.labels = pools[0].labels if len(pools) == 1 else torch.cat([p.labels for p in pools])
-        self.mean = torch.stack([loader.augment.mean for loader in loaders]).to(device)  # (K, C, H, W)
+        self.mean = torch.stack([split.mean for split in splits]).to(device)  # (K, C, H, W)
         n = len(loaders[0])
         self.plan_index = torch.zeros(self.k, n, self.batch_size, dtype=torch.int64, device=device)
         self.plan_offsets = torch.zeros(self.k, n, self.batch_size, 2, dtype=torch.int64, device=device)
@@ -181,7 +182,7 @@ class FusedStep:
         index = self.plan_index.index_select(1, self.position).view(k * b)
         images = self.images.index_select(0, index)  # (K*B, C, H, W) uint8
         labels = self.labels.index_select(0, index).view(k, b)
-        x = (images.view(k, b, *images.shape[1:]).float() - self.mean[:, None]) * self.augment.scale
+        x = self.augment.normalize(images.view(k, b, *images.shape[1:]), self.mean[:, None])  # each its own mean
         if self.augmenting:
             offsets = self.plan_offsets.index_select(1, self.position).view(k * b, 2)
             flips = self.plan_flips.index_select(1, self.position).view(k * b)

@@ -26,6 +26,7 @@ from ..errors import UserError
 __all__ = ["TrainingData", "build_data", "memory_dataset", "uses_memory_loader"]
 
 EVAL_BATCH = 500
+PIXEL_SCALE = 1 / 255  # the in-memory input (x - mean) * scale: in pixel units over 255
 
 
 @dataclass
@@ -109,7 +110,9 @@ def _memory(
         chosen = rdata.stratified_subset(train_split.labels.cpu(), dc.train_subset, seed=tc.seed)
         train_split = rdata.Split(train_split.images[chosen], train_split.labels[chosen])
         mean = rdata.pixel_mean(train_split.images)
-    common = dict(mean=mean, device=device, rank=rank, world_size=world, channels_last=tc.channels_last)
+    common = dict(
+        mean=mean, scale=PIXEL_SCALE, device=device, rank=rank, world_size=world, channels_last=tc.channels_last
+    )
     train = rdata.InMemoryLoader(
         train_split.images,
         train_split.labels,
@@ -132,7 +135,7 @@ def _memory(
         image_size=(int(dataset.image_size[0]), int(dataset.image_size[1])),
         channels=dataset.channels,
         view="single",  # the stored images as they are: what this run evaluated on
-        scale=train.augment.scale,
+        scale=PIXEL_SCALE,
     )
     source = f"{dataset.source.path} ({dataset.source.format})" if dataset.source else dataset.name
     return TrainingData(

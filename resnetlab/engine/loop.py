@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,22 +52,27 @@ def evaluate(
     *,
     num_classes: int,
     amp: bool,
-) -> dict[str, float]:
+    networks: int = 0,
+) -> Any:
     """Top-1/top-5 error and mean loss over every image of ``batches``, summed over ranks, counted by the
     evaluation package's ``Tally`` (what ``resnetlab eval`` counts with).
 
     Each rank passes its own shard, in which every image appears exactly once; sums (not means) are reduced,
-    so the result is the same at any world size and no padded image is counted twice.
+    so the result is the same at any world size and no padded image is counted twice. ``networks``: ``model``
+    is K packed networks (``PackedNetworks``), its batches (K, B, C, H, W) with one labels (B,); each network's
+    record, in a list of K.
     """
     was_training = model.training
     model.eval()
-    tally = Tally(num_classes, device, confusion=False)
+    tallies = [Tally(num_classes, device, confusion=False) for _ in range(max(networks, 1))]
     for images, labels in batches:
         with autocast(device, amp):
-            logits = model(images).float()  # (B, classes)
-        tally.add(logits.log_softmax(dim=1), labels)
+            logits = model(images).float()  # (B, classes), or (K, B, classes) packed
+        for tally, out in zip(tallies, logits if networks else [logits]):
+            tally.add(out.log_softmax(dim=1), labels)
     model.train(was_training)
-    return tally_record(tally)
+    records = [tally_record(tally) for tally in tallies]
+    return records if networks else records[0]
 
 
 def tally_record(tally: Tally) -> dict[str, float]:

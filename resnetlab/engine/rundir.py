@@ -165,15 +165,12 @@ class RunDir:
 
     def keep_previous(self) -> None:
         """Before last.pt is replaced: keep it as previous.pt (a hard link; no copy), atomically."""
-        if not self.last.is_file():
-            return
-        tmp = self.checkpoints / f".previous.pt.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(self.last, tmp)
-        except OSError:  # a file system without hard links: copy
-            shutil.copyfile(self.last, tmp)
-        os.replace(tmp, self.previous)
+        if self.last.is_file():
+            _link(self.last, self.previous)
+
+    def make_last(self, checkpoint: Path) -> None:
+        """Make ``checkpoint`` (an older one of this run) its last.pt (a hard link; no copy), atomically."""
+        _link(checkpoint, self.last)
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         write_json(path, data)
@@ -266,3 +263,14 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _link(source: Path, target: Path) -> None:
+    """Make ``target`` the file ``source`` is (a hard link, or a copy on a file system without them), atomically."""
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # a file system without hard links: copy
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

@@ -19,12 +19,10 @@ from .. import data as rdata
 from ..checkpoint import load_checkpoint
 from ..config import RunConfig, apply_overrides, config_from_dict
 from ..deploy.bundle import read_bundle
-from ..engine import scale_milestones, train
-from ..engine.packed import train_packed
+from ..engine import choose_stepper, scale_milestones, train, train_packed
 from ..engine.rundir import RunRecord, read_record
 from ..errors import UserError
 from ..presets import get_preset
-from ..runtime import resolve_device
 from .figures import plot_fig1, plot_fig6, plot_fig7
 from .responses import layer_response_stds
 from .table6 import format_table6, table6, write_table6_csv
@@ -138,13 +136,14 @@ def ensure_runs(
     deadline: float | None = None,
     pack: bool | None = None,
 ) -> bool:
-    """``ensure_run`` for the seeds of one network (``configs`` differ in ``train.seed`` only): on a GPU
-    (``pack`` None) or with ``pack``, the runs still to train go packed into one network (``train_packed``),
-    those that start from the same checkpoint iteration together; on the CPU one after another (packing
-    hides kernel launches, which a CPU does not have: there it is slower, docs/training.md). Returns False
-    if ``deadline`` stopped them (every run checkpointed), True once all are finished."""
+    """``ensure_run`` for the seeds of one network (``configs`` differ in ``train.seed`` only): where one of
+    them would take the packed step anyway (``pack`` None: the engine's ``choose_stepper``; a GPU) or with
+    ``pack``, the runs still to train go packed into one network (``train_packed``), those that start from the
+    same checkpoint iteration together; on the CPU one after another (packing hides kernel launches, which a
+    CPU does not have: there it is slower, docs/training.md). Returns False if ``deadline`` stopped them (every
+    run checkpointed), True once all are finished."""
     if pack is None:
-        pack = bool(configs) and resolve_device(configs[0].train.device).type == "cuda"
+        pack = bool(configs) and choose_stepper(configs[0], "auto").packed
     todo = []
     for config, path in zip(configs, paths):
         if finished_run(config, path) is not None:
