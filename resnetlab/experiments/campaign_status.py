@@ -8,7 +8,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..engine.rundir import read_record
+from ..engine.rundir import RunDir, read_record
 from .windows import gained_since, recent_rate
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def _seconds_per_iteration(campaign: Campaign) -> dict[tuple[str, int], float]:
     for unit in campaign.units:
         for seed in unit.seeds:
             path = campaign.runs / campaign.name(unit.net, seed)
-            if not (path / "metrics.jsonl").is_file():
+            if not RunDir(path).metrics.is_file():
                 continue
             record = read_record(path)
             rates = [e for e in record.evals[1:] if e.get("images_per_s")]  # the first holds the start-up
