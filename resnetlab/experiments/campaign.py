@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import parse_overrides, set_values
+from ..config import RunConfig, parse_overrides, set_values
 from ..engine.rundir import RunDir, RunRecord, read_record
 from ..engine.state import FREE_ON_RESUME
 from ..errors import UserError
@@ -97,7 +97,7 @@ class Campaign:
         if not self.units:
             raise UserError("the campaign's plan is empty (--nets names none of its networks?)")
 
-    def config(self, net: str, seed: int):
+    def config(self, net: str, seed: int) -> RunConfig:
         return set_values(experiment_config(net, self.iterations, seed, self.data_dir, self.eval_points), self.settings)
 
     def name(self, net: str, seed: int) -> str:
