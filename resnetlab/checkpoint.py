@@ -13,9 +13,10 @@ its weights.
 - An **export** (``.safetensors``, ``resnetlab export``) holds the (BN-folded) weights as tensors, the mean
   as the tensor ``MEAN_KEY``, and the rest of the record as JSON strings in the header (``FORMAT``).
 
-``read_network`` and ``read_training_checkpoint`` are the only readers of a ``.pt``; each checks its keys and
-turns every malformed entry into a one-line ``UserError``. ``build_network`` is the one place a recorded
-name and options become a module, ``load_weights`` the one strict load.
+``read_network``, ``read_training_checkpoint`` and ``read_iteration`` (a resume's iteration, its tensors left in
+the file) are the only readers of a resnetlab ``.pt``; each checks its keys and turns every malformed entry
+into a one-line ``UserError``. ``build_network`` is the one place a recorded name and options become a
+module, ``load_weights`` the one strict load.
 
 Nothing damaged is used: ``load_checkpoint`` checks every zip entry's CRC-32 before unpickling (torch.load
 does not; ``check_archive``, also run on a TorchScript export), an export carries a SHA-256 of its header and
@@ -62,6 +63,7 @@ __all__ = [
     "network_from_state",
     "network_state",
     "nonfinite_tensors",
+    "read_iteration",
     "read_network",
     "read_training_checkpoint",
     "require_finite",
@@ -129,9 +131,12 @@ def _refuse_empty(path: Path) -> None:
         raise UserError(f"{path} is empty (0 bytes): a copy or a save that was cut short?")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, mapped: bool = False
+) -> dict[str, Any]:
     """The raw dict of a ``.pt`` file, read with ``weights_only=True`` after ``check_archive``; a one-line
-    UserError for anything else."""
+    UserError for anything else. ``mapped``: the tensors of a zip archive stay in the file (``mmap``), read
+    only where touched, for a reader that wants the small entries."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder; pass a checkpoint file such as {path / 'checkpoints' / 'last.pt'}")
@@ -144,7 +149,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with warnings.catch_warnings():  # torch's warnings about what the file is: the error says it in one line
             warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            mmap = mapped and zipfile.is_zipfile(path)  # a legacy (non-zip) torch file cannot be mapped
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise UserError(
             f"refusing to load {path}: it is not a plain checkpoint of tensors and numbers ({_torch_reason(err)})"
@@ -436,6 +442,16 @@ def read_training_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any
     _require(state, NETWORK_KEYS + TRAINING_KEYS, path, "resnetlab training checkpoint")
     config, _ = _network_from_state(state, path)
     return config, state
+
+
+def read_iteration(path: str | Path) -> int:
+    """The iteration a training checkpoint was saved at. Its archive's CRC-32s and its keys are checked as
+    ``read_training_checkpoint`` checks them; its tensors stay mapped in the file, never read into memory."""
+    path = Path(path)
+    state = load_checkpoint(path, mapped=True)
+    _require(state, NETWORK_KEYS + TRAINING_KEYS, path, "resnetlab training checkpoint")
+    with _entries(path, "iteration"):
+        return int(state["iteration"])
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, NetworkRecord]:

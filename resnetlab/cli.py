@@ -223,6 +223,18 @@ RUNTIME_HELP = (
 )
 
 
+def _add_running_options(p: argparse.ArgumentParser) -> None:
+    """--device, --compile and --runtime: where and how eval and predict run the network."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile with freezing: faster per image after a compilation of seconds to a minute (worth it "
+        "on large splits and many images)",
+    )
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), help=RUNTIME_HELP)
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -255,14 +267,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default: by view and size)")
     p.add_argument("--workers", type=int, metavar="N", help="decoding processes for image files (default: up to 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile with freezing: faster per image after a "
-        "compilation of seconds to a minute (worth it on large splits)",
-    )
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), help=RUNTIME_HELP)
+    _add_running_options(p)
     p.set_defaults(func=_eval)
 
 
@@ -296,9 +301,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--views", choices=("single", "center", "10crop", "multiscale"), help="test view (default: the checkpoint's)"
     )
     p.add_argument("--json", action="store_true", help="JSON, one object per image")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--compile", action="store_true", help="torch.compile with freezing (pays off on many images)")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), help=RUNTIME_HELP)
+    _add_running_options(p)
     p.set_defaults(func=_predict)
 
 

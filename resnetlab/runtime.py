@@ -21,6 +21,7 @@ __all__ = [
     "resolve_precision",
     "precision_record",
     "launched_by_torchrun",
+    "launched_processes",
     "init_distributed",
     "destroy",
     "is_distributed",
@@ -36,6 +37,12 @@ __all__ = [
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def launched_processes() -> int:
+    """How many processes torchrun started (its WORLD_SIZE; 1 without torchrun): the world size before the
+    process group is joined, when ``get_world_size`` still says 1."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
 
 
 def resolve_device(name: str) -> torch.device:

@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from resnetlab.deploy.runtimes import choose_runtime
+from resnetlab.engine.rundir import RunDir
 from resnetlab.errors import UserError
 from resnetlab.evaluation import evaluate_checkpoint
-from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, table6_report
+from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, responses, run_name, table6_report
 from resnetlab.experiments.campaign import Campaign, finished
 from resnetlab.experiments.campaign_status import format_status
 from resnetlab.experiments.windows import window_summary
@@ -87,7 +88,7 @@ def section(carry: Path, weights: Path, figures: Path, page: Path, plan: str, da
     records = carry / "records"
     campaign = Campaign(records, carry, weights, iterations=ITERATIONS, plan=plan)  # records stand in for the runs
     status = campaign.status()
-    done = [p.parent.name for p in sorted(records.glob("*/metrics.jsonl")) if finished(p.parent)]
+    done = [run.path.name for run in RunDir.under(records) if finished(run.path)]
     table6_done = [n for n in done if n.startswith("cifar10-resnet") and "resnet1202" not in n]
     rel = lambda p: os.path.relpath(p, page.parent)  # noqa: E731
     lines = [
@@ -112,7 +113,7 @@ def section(carry: Path, weights: Path, figures: Path, page: Path, plan: str, da
     except UserError:
         lines += ["Table 6: no 64k run has finished yet.", ""]
     try:
-        nets = [n for n in FIG6_NETS if (records / f"cifar10-{n}-it{ITERATIONS}-seed0" / "metrics.jsonl").is_file()]
+        nets = [n for n in FIG6_NETS if RunDir(records / run_name(f"cifar10-{n}", ITERATIONS, 0)).metrics.is_file()]
         if nets:
             paths = _quiet(degradation, nets, [0], ITERATIONS, records, figures, None, train_missing=False)
             png = next(p for p in paths if str(p).endswith("fig6.png"))

@@ -131,3 +131,13 @@ def test_responses_report():
         "paper's claim, resnet20 below plain20: holds",
         "wrote results/fig7.png",
     ]
+
+
+def test_eval_and_predict_take_the_same_running_options():
+    names = ("device", "compile", "runtime")
+
+    def running(command: str) -> dict[str, tuple]:
+        actions = _subcommands()[command]._actions
+        return {a.dest: (a.option_strings, a.default, a.choices, a.help) for a in actions if a.dest in names}
+
+    assert running("eval") == running("predict") and tuple(running("eval")) == names

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from resnetlab import runtime
+
 from test_train import metrics, write_idx
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -98,3 +100,13 @@ def test_evaluation_counts_every_image_once_with_an_uneven_split(tmp_path):
     assert single["images"] == double["images"] == 101  # 51 + 50: nothing padded, nothing counted twice
     assert double["top1_error"] == single["top1_error"] and double["top5_error"] == single["top5_error"]
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_launched_processes_is_torchruns_world_size(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert runtime.launched_processes() == 1  # WORLD_SIZE alone is not torchrun
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    assert runtime.launched_processes() == 4

@@ -17,7 +17,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from resnetlab.checkpoint import load_checkpoint, nonfinite_tensors, save_checkpoint
+from resnetlab.checkpoint import (
+    NETWORK_KEYS,
+    TRAINING_KEYS,
+    load_checkpoint,
+    nonfinite_tensors,
+    read_iteration,
+    save_checkpoint,
+)
 from resnetlab.cli import main
 from resnetlab.deploy import export_model, read_bundle
 from resnetlab.deploy.export import _runner
@@ -207,3 +214,17 @@ def test_empty_or_malformed_files_are_one_line_errors(tmp_path, image, capsys, n
 def test_large_finite_values_are_not_mistaken_for_non_finite_ones():
     big = torch.full((4,), 3e38)  # finite, but their float32 sum overflows to inf
     assert nonfinite_tensors({"w": big, "h": big.half().clamp(max=6e4)}) == []
+
+
+def test_a_checkpoints_iteration_is_read_with_the_same_checks(tmp_path):
+    """``read_iteration`` leaves the tensors in the file, not unchecked: a flipped bit in one is refused, and so
+    is a checkpoint without what a resume needs."""
+    state = {key: {} for key in NETWORK_KEYS + TRAINING_KEYS} | {"model": {"w": torch.ones(4096)}, "iteration": 7}
+    last = save_checkpoint(state, tmp_path / "last.pt")
+    assert read_iteration(last) == 7
+    entry = flip_in_zip(last)
+    with pytest.raises(UserError, match=rf"damaged.*{entry}"):
+        read_iteration(last)
+    partial = save_checkpoint({"model": {}, "iteration": 7}, tmp_path / "partial.pt")
+    with pytest.raises(UserError, match="not a resnetlab training checkpoint"):
+        read_iteration(partial)

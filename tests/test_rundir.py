@@ -1,4 +1,5 @@
-"""env.json names the code the process loaded: its package directory, that checkout's git state, a hash."""
+"""env.json names the code the process loaded: its package directory, that checkout's git state, a hash; and
+``RunDir`` names a run directory's files, read without creating anything."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 import resnetlab
-from resnetlab.engine.rundir import _code_sha256, _git_commit, environment_record
+from resnetlab.engine.rundir import RunDir, _code_sha256, _git_commit, environment_record
+from resnetlab.files import write_json
 
 PACKAGE = Path(resnetlab.__file__).resolve().parent
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -103,3 +105,17 @@ def test_a_copied_tree_takes_the_commit_that_travelled_with_it(tmp_path, monkeyp
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "snapshot")
     assert _git_commit(package)["git_commit"] == _git(repo, "rev-parse", "HEAD").strip()
+
+
+def test_reading_a_run_directory_creates_nothing(tmp_path):
+    run = RunDir(tmp_path / "runs" / "a")
+    assert not run.has_record() and run.read_env() == {} and RunDir.under(tmp_path / "runs") == []
+    assert [p.name for p in run.record_files] == ["config.json", "env.json", "metrics.jsonl", "windows.jsonl"]
+    assert not (tmp_path / "runs").exists()
+    run.path.mkdir(parents=True)
+    write_json(run.config, {"train": {"seed": 3}})
+    assert not run.has_record()  # a record needs metrics.jsonl too
+    run.log({"iteration": 1})
+    assert run.has_record() and run.read_config() == {"train": {"seed": 3}}
+    (tmp_path / "runs" / "no-record").mkdir()
+    assert [r.path for r in RunDir.under(tmp_path / "runs")] == [run.path]

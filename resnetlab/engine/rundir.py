@@ -205,6 +205,35 @@ class RunDir:
         kept = [r for r in self.read_metrics() if r.get("iteration", 0) <= iteration]
         atomic_write(self.metrics, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept)), text=True)
 
+    # -- read by any process: nothing below creates a folder or takes the lock ------------------------
+
+    @property
+    def windows(self) -> Path:
+        """windows.jsonl: a line per campaign window that advanced the run (``experiments/windows.py``)."""
+        return self.path / "windows.jsonl"
+
+    @property
+    def record_files(self) -> tuple[Path, ...]:
+        """The files of the run's record, checkpoints aside: what the campaign carries between windows."""
+        return (self.config, self.env, self.metrics, self.windows)
+
+    def has_record(self) -> bool:
+        """Whether the record ``read_record`` reads is here (config.json and metrics.jsonl)."""
+        return self.config.is_file() and self.metrics.is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        """config.json as written (a one-line UserError if it cannot be read)."""
+        return _read_json(self.config)
+
+    def read_env(self) -> dict[str, Any]:
+        """env.json as written; {} before the trainer wrote one."""
+        return _read_json(self.env) if self.env.is_file() else {}
+
+    @staticmethod
+    def under(root: str | Path) -> list[RunDir]:
+        """The run directories directly under ``root`` that hold metrics.jsonl, by name."""
+        return [RunDir(metrics.parent) for metrics in sorted(Path(root).glob("*/metrics.jsonl"))]
+
 
 @dataclass
 class RunRecord:

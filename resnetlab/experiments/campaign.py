@@ -25,19 +25,18 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import parse_overrides, set_values
-from ..engine.rundir import RunRecord, read_record
+from ..config import RunConfig, parse_overrides, set_values
+from ..engine.rundir import RunDir, RunRecord, read_record
 from ..engine.state import FREE_ON_RESUME
 from ..errors import UserError
 from ..files import FolderInUse, atomic_path, lock_folder, sha256_file, write_json
 from .campaign_plan import CARRY_LIMIT, TABLE6_SEEDS, paper_plan, resolve_plan
 from .campaign_status import campaign_gains, campaign_status
 from .cifar import PAPER_ITERATIONS, checkpoint_iteration, ensure_runs, experiment_config, run_name
-from .windows import WINDOWS_FILE, append_window, read_windows, window_record, window_summary
+from .windows import append_window, read_windows, window_record, window_summary
 
 __all__ = ["Campaign", "campaign_settings", "finished"]
 
-RECORD_FILES = ("config.json", "env.json", "metrics.jsonl", WINDOWS_FILE)
 STARTUP_S = 45.0  # what a unit costs before its first step (data, networks, graph capture): not worth less
 SYNC_S = 20.0  # kept back for carrying the runs and exporting finished networks at the end of a window
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -98,7 +97,7 @@ class Campaign:
         if not self.units:
             raise UserError("the campaign's plan is empty (--nets names none of its networks?)")
 
-    def config(self, net: str, seed: int):
+    def config(self, net: str, seed: int) -> RunConfig:
         return set_values(experiment_config(net, self.iterations, seed, self.data_dir, self.eval_points), self.settings)
 
     def name(self, net: str, seed: int) -> str:
@@ -109,6 +108,10 @@ class Campaign:
 
     # -- carrying: the repository's campaign/ folder <-> the run directories ---------------------------
 
+    def _carried_records(self, name: str) -> Path:
+        """Run ``name``'s record files in the carry, laid out as in its run directory (``RunDir``)."""
+        return self.carry / "records" / name
+
     def _carried_checkpoint(self, name: str) -> Path:
         return self.carry / "checkpoints" / f"{name}.pt"
 
@@ -116,22 +119,22 @@ class Campaign:
         """The iterations of run ``name`` that are saved: the furthest of its last evaluation and its checkpoint,
         in the run directory or carried. A window stops between evaluations (every 1,000 iterations of 64k),
         so the checkpoint is usually ahead of the records."""
-        here, records = self.runs / name, self.carry / "records" / name
+        here, records = self.runs / name, self._carried_records(name)
         reached = max(_reached(here), _reached(records))
         saved = max(checkpoint_iteration(here) or 0, checkpoint_iteration(self._carried_checkpoint(name)) or 0)
         return min(max(reached, saved), self.iterations)
 
     def windows(self, name: str) -> list[dict[str, Any]]:
         """The window records of run ``name`` (``windows.py``), from the run directory and the carry."""
-        return read_windows(self.runs / name, self.carry / "records" / name)
+        return read_windows(self.runs / name, self._carried_records(name))
 
     def restore(self) -> list[str]:
         """Put the carried records and checkpoints under ``runs`` where they are newer than what is there;
         returns the runs restored."""
         newer = []
         for name in self.names():
-            records = self.carry / "records" / name
-            if not (records / "metrics.jsonl").is_file():
+            records = self._carried_records(name)
+            if not RunDir(records).metrics.is_file():
                 continue
             target = self.runs / name
             carried = self._carried_checkpoint(name)
@@ -142,13 +145,14 @@ class Campaign:
             newer.append((name, records, target, carried))
         restored = []
         for name, records, target, carried in newer:  # every carried record checked before any is put back
-            target.mkdir(parents=True, exist_ok=True)
-            for file in RECORD_FILES:
-                if (records / file).is_file():
-                    shutil.copy2(records / file, target / file)
+            run = RunDir(target)
+            run.path.mkdir(parents=True, exist_ok=True)
+            for source, copy in zip(RunDir(records).record_files, run.record_files):
+                if source.is_file():
+                    shutil.copy2(source, copy)
             if carried.is_file():
-                (target / "checkpoints").mkdir(exist_ok=True)
-                shutil.copy2(carried, target / "checkpoints" / "last.pt")
+                run.checkpoints.mkdir(exist_ok=True)
+                shutil.copy2(carried, run.last)
             restored.append(name)
         return restored
 
@@ -156,16 +160,16 @@ class Campaign:
         """Write every run's records into ``carry``; the last checkpoint of each unfinished run beside them (a
         finished run's is deleted); each finished seed-0 network exported into ``weights``."""
         for name in self.names():
-            source = self.runs / name
-            if not (source / "metrics.jsonl").is_file():
+            source = RunDir(self.runs / name)
+            if not source.metrics.is_file():
                 continue
-            records = self.carry / "records" / name
-            records.mkdir(parents=True, exist_ok=True)
-            for file in RECORD_FILES:
-                if (source / file).is_file():
-                    _copy(source / file, records / file)
-            carried, last = self._carried_checkpoint(name), source / "checkpoints" / "last.pt"
-            if finished(source):
+            records = RunDir(self._carried_records(name))
+            records.path.mkdir(parents=True, exist_ok=True)
+            for file, copy in zip(source.record_files, records.record_files):
+                if file.is_file():
+                    _copy(file, copy)
+            carried, last = self._carried_checkpoint(name), source.last
+            if finished(source.path):
                 carried.unlink(missing_ok=True)
             elif last.is_file():
                 carried.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +183,8 @@ class Campaign:
 
         source = self.runs / self.name(net, 0)
         out = self.weights / f"cifar10-{net}.safetensors"
-        if not finished(source) or not (source / "checkpoints" / "last.pt").is_file():
+        last = RunDir(source).last
+        if not finished(source) or not last.is_file():
             return
         index_path = self.weights / "index.json"
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
@@ -187,7 +192,7 @@ class Campaign:
         if out.is_file() and index.get(net, {}).get("run") == source.name:
             return
         self.weights.mkdir(parents=True, exist_ok=True)
-        report = export_model(source / "checkpoints" / "last.pt", "safetensors", out)
+        report = export_model(last, "safetensors", out)
         if not report.within_tolerance:
             raise UserError(f"the export of {source} differs from its checkpoint by {report.max_abs_diff:.2g}")
         env = record.env
@@ -292,9 +297,9 @@ class Campaign:
             seconds = time.monotonic() - t0
             for path, start in zip(paths, first):
                 last = checkpoint_iteration(path) or 0
-                if last > start and (path / "env.json").is_file():
-                    env = json.loads((path / "env.json").read_text())
-                    record = window_record(env, wall, seconds, start, last, runs=len(paths))
+                run = RunDir(path)
+                if last > start and run.env.is_file():
+                    record = window_record(run.read_env(), wall, seconds, start, last, runs=len(paths))
                     append_window(path, record | ({"set": self.settings} if self.settings else {}))
 
     def _catch_stop_signals(self) -> dict[int, Any]:
@@ -322,9 +327,7 @@ class Campaign:
 
 
 def _record(path: Path) -> RunRecord | None:
-    if not (path / "metrics.jsonl").is_file() or not (path / "config.json").is_file():
-        return None
-    return read_record(path)
+    return read_record(path) if RunDir(path).has_record() else None
 
 
 def finished(path: Path) -> bool:
@@ -343,7 +346,8 @@ def _refuse_cut_records(records: Path, carried: Path, carried_at: int) -> None:
     it) is refused: a torn last line, or evaluations that stop before the carried checkpoint's iteration. The
     trainer would resume from the checkpoint keeping what the file holds, and the evaluations lost between
     would be a gap for good; no checkpoint holds them, so nothing here can repair them."""
-    metrics = records / "metrics.jsonl"
+    run = RunDir(records)
+    metrics = run.metrics
     lines = [line for line in metrics.read_text(errors="replace").splitlines() if line.strip()]
     try:
         parsed = [json.loads(line) for line in lines]
@@ -351,8 +355,7 @@ def _refuse_cut_records(records: Path, carried: Path, carried_at: int) -> None:
         parsed, why = None, "a torn line"
     if parsed is not None:
         evals = [int(r["iteration"]) for r in parsed if "test_top1_error" in r]
-        config = records / "config.json"
-        every = int(json.loads(config.read_text())["train"]["eval_every"]) if config.is_file() else 0
+        every = int(run.read_config()["train"]["eval_every"]) if run.config.is_file() else 0
         expected = carried_at - carried_at % every if every else 0  # the last evaluation the checkpoint passed
         if max(evals, default=0) >= expected:
             return

@@ -6,20 +6,40 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from ..engine.rundir import read_record
+from ..config import RunConfig
+from ..engine.rundir import RunDir, read_record
+from .campaign_plan import Unit
 from .windows import gained_since, recent_rate
 
-if TYPE_CHECKING:
-    from .campaign import Campaign
+__all__ = ["CampaignView", "campaign_gains", "campaign_status", "format_gained", "format_status"]
 
-__all__ = ["campaign_gains", "campaign_status", "format_gained", "format_status"]
+
+class CampaignView(Protocol):
+    """What the status reads of a campaign (``campaign.Campaign``), named here: campaign.py imports this
+    module, so this module does not import it back."""
+
+    runs: Path
+    iterations: int
+    plan: str
+    units: list[Unit]
+    refused: list[tuple[Unit, str]]
+
+    def name(self, net: str, seed: int) -> str: ...
+
+    def config(self, net: str, seed: int) -> RunConfig: ...
+
+    def done(self, name: str) -> int: ...
+
+    def windows(self, name: str) -> list[dict[str, Any]]: ...
+
 
 RECENT_S = 600.0  # the status's images/s: over the windows that ended in the last 10 minutes
 
 
-def campaign_status(campaign: Campaign, window_s: float = 480.0, now: float | None = None) -> dict[str, Any]:
+def campaign_status(campaign: CampaignView, window_s: float = 480.0, now: float | None = None) -> dict[str, Any]:
     """Per unit: each run's iterations done (saved: ``done``) and left, the unit's images/s over the windows
     that ended in the last 10 minutes, the seconds left (at that speed for the current unit, the first
     unfinished one, when it has one; else at the speed its evaluations measured) and the machines that
@@ -67,7 +87,7 @@ def campaign_status(campaign: Campaign, window_s: float = 480.0, now: float | No
     }
 
 
-def campaign_gains(campaign: Campaign, since: float) -> dict[str, int]:
+def campaign_gains(campaign: CampaignView, since: float) -> dict[str, int]:
     """Iterations each run gained in the windows that ended after the Unix time ``since`` (its windows'
     records), for the runs that gained any, labelled ``net seed S``."""
     gains = {}
@@ -79,13 +99,13 @@ def campaign_gains(campaign: Campaign, since: float) -> dict[str, int]:
     return gains
 
 
-def _seconds_per_iteration(campaign: Campaign) -> dict[tuple[str, int], float]:
+def _seconds_per_iteration(campaign: CampaignView) -> dict[tuple[str, int], float]:
     """Measured seconds per iteration by (network, networks packed), from the runs' evaluation records."""
     speed: dict[tuple[str, int], float] = {}
     for unit in campaign.units:
         for seed in unit.seeds:
             path = campaign.runs / campaign.name(unit.net, seed)
-            if not (path / "metrics.jsonl").is_file():
+            if not RunDir(path).metrics.is_file():
                 continue
             record = read_record(path)
             rates = [e for e in record.evals[1:] if e.get("images_per_s")]  # the first holds the start-up

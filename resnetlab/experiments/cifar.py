@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from .. import data as rdata
-from ..checkpoint import load_checkpoint
+from ..checkpoint import read_iteration
 from ..config import RunConfig, apply_overrides, config_from_dict
 from ..deploy.bundle import read_bundle
 from ..engine import choose_stepper, scale_milestones, train, train_packed
-from ..engine.rundir import RunRecord, read_record
+from ..engine.rundir import RunDir, RunRecord, read_record
 from ..errors import UserError
 from ..presets import get_preset
 from .figures import plot_fig1, plot_fig6, plot_fig7
@@ -88,9 +88,10 @@ def schedule_note(iterations: int) -> str:
 def finished_run(config: RunConfig, path: Path) -> RunRecord | None:
     """The record of ``path`` if it holds ``config``'s run, finished and checkpointed; None if that run is still
     to train (or to finish); a one-line error if the folder holds another run."""
-    if not (path / "config.json").is_file():
+    run = RunDir(path)
+    if not run.config.is_file():
         return None
-    saved = config_from_dict(json.loads((path / "config.json").read_text()))
+    saved = config_from_dict(run.read_config())
     if (
         saved.model != config.model
         or saved.train.iterations != config.train.iterations
@@ -100,18 +101,18 @@ def finished_run(config: RunConfig, path: Path) -> RunRecord | None:
             f"{path} holds a different run ({saved.model.name}, {saved.train.iterations} iterations, seed {saved.train.seed})"
         )
     record = read_record(path)
-    return record if record.finished and (path / "checkpoints" / "last.pt").is_file() else None
+    return record if record.finished and run.last.is_file() else None
 
 
 def checkpoint_iteration(path: Path) -> int | None:
     """The iteration of the run directory ``path``'s last.pt, or of the checkpoint file ``path`` (0 without
     one; None if it cannot be read: such a run is resumed on its own)."""
-    last = path if path.suffix == ".pt" else path / "checkpoints" / "last.pt"
+    last = path if path.suffix == ".pt" else RunDir(path).last
     if not last.is_file():
         return 0
     try:
-        return int(load_checkpoint(last)["iteration"])
-    except (UserError, KeyError, ValueError):
+        return read_iteration(last)
+    except UserError:
         return None
 
 
@@ -122,7 +123,7 @@ def ensure_run(config: RunConfig, path: Path, progress: bool | None = None) -> R
         print(f"reusing {path} (finished)")
         return record
     resume = "auto" if path.exists() else None  # auto: the newest intact checkpoint, or a fresh start
-    print(f"{'resuming' if (path / 'checkpoints' / 'last.pt').is_file() else 'training'} {path}")
+    print(f"{'resuming' if RunDir(path).last.is_file() else 'training'} {path}")
     result = train(config, path, resume=resume, progress=progress)
     if result.get("stopped"):
         raise UserError(f"stopped during {path}; run the same command again to resume")
@@ -194,7 +195,7 @@ def degradation(
             path = root / run_name(config.preset, iterations, seed)
             if train_missing:
                 records.append(ensure_run(config, path))
-            elif (path / "metrics.jsonl").is_file():
+            elif RunDir(path).metrics.is_file():
                 record = read_record(path)
                 if not record.finished:
                     print(f"{path}: unfinished ({record.reached} of {iterations} iterations), drawn as it is")
@@ -209,7 +210,7 @@ def degradation(
 
 def table6_report(root: Path, out: Path, iterations: int | None = None) -> tuple[str, list[Path]]:
     """Table 6 in Markdown (returned) and CSV from every run record under ``root``."""
-    records = [read_record(p.parent) for p in sorted(root.glob("*/metrics.jsonl"))]
+    records = [read_record(run.path) for run in RunDir.under(root)]
     records = [r for r in records if iterations is None or r.iterations == iterations]
     for record in [r for r in records if not r.finished]:  # its last error is not the run's final error
         print(f"{record.path}: left out, unfinished ({record.reached} of {record.iterations} iterations)")
@@ -264,7 +265,7 @@ def responses(
         if weights is not None:
             checkpoint = Path(weights) / f"cifar10-{net}.safetensors"
         else:
-            checkpoint = root / run_name(f"cifar10-{net}", iterations, seed) / "checkpoints" / "last.pt"
+            checkpoint = RunDir(root / run_name(f"cifar10-{net}", iterations, seed)).last
         bundle = read_bundle(checkpoint)
         model, record = bundle.model.to(dev), bundle.record
         dataset = rdata.load_dataset(

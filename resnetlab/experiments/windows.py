@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..engine.rundir import RunDir
 from ..files import read_jsonl
 
 __all__ = [
-    "WINDOWS_FILE",
     "append_window",
     "cpu_name",
     "gained_since",
@@ -37,8 +37,6 @@ __all__ = [
     "window_record",
     "window_summary",
 ]
-
-WINDOWS_FILE = "windows.jsonl"
 
 
 def _iso(unix: float) -> str:
@@ -85,7 +83,7 @@ def window_record(
 
 
 def append_window(run: Path, record: dict[str, Any]) -> None:
-    with (run / WINDOWS_FILE).open("a") as f:
+    with RunDir(run).windows.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -94,7 +92,7 @@ def read_windows(*folders: Path) -> list[dict[str, Any]]:
     carried records), each window once, oldest first."""
     seen: dict[tuple[str, int], dict[str, Any]] = {}
     for folder in folders:
-        path = folder / WINDOWS_FILE
+        path = RunDir(folder).windows
         if path.is_file():
             for record in read_jsonl(path):
                 seen[(record["started"], int(record["from_iteration"]))] = record
