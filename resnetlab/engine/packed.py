@@ -19,7 +19,6 @@ the device and saved as they stand there. The K checkpoints of one iteration are
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ def seed_configs(config: RunConfig, seeds: list[int]) -> list[RunConfig]:
 def packing_refusal(config: RunConfig) -> str | None:
     """Why ``config`` cannot train packed (None if it can): the fused step is the in-memory path of one
     process, training every parameter from its own initialisation."""
-    if runtime.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if runtime.launched_processes() > 1:
         return "packed seeds train in one process (not under torchrun)"
     if not uses_memory_loader(config):
         return "packed seeds need the in-memory loader (data.loader=memory; not streamed image files)"
