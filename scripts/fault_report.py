@@ -1,5 +1,6 @@
-"""The README's fault-injection figures: runs tests/test_faults.py and tests/test_bad_inputs.py and counts what
-they injected (one JSON line per fault and per bad input, appended to $RESNETLAB_FAULT_LOG by the tests).
+"""The README's fault-injection figures: runs tests/test_faults.py, tests/test_bad_inputs.py and the GPU window's
+crafted packs (tests/test_gpu_window.py) and counts what they injected (one JSON line per fault and per bad
+input, appended to $RESNETLAB_FAULT_LOG by the tests).
 
     python scripts/fault_report.py            # both files; extra arguments go to pytest, e.g. -k kill
 
@@ -19,7 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ["tests/test_faults.py", "tests/test_bad_inputs.py"]
+FILES = [
+    "tests/test_faults.py",
+    "tests/test_bad_inputs.py",
+    # the GPU window's landing: each crafted pack a bad input (the window's rehearsals are not faults)
+    "tests/test_gpu_window.py::test_a_crafted_pack_is_refused_before_anything_is_touched",
+]
 LOG_ENV = "RESNETLAB_FAULT_LOG"  # tests/faultcheck.py appends to it
 
 
