@@ -66,16 +66,26 @@ def _eval_error(path: Path, data_dir: str | None) -> str:
 
 
 def _windows_table(campaign: Campaign, names: list[str]) -> list[str]:
-    """Each run's windows, consecutive ones on one machine, precision and commit merged."""
+    """Each run's windows, consecutive ones on one machine in one precision merged (with the commits they ran;
+    each window's own line is in the run's windows.jsonl)."""
     rows = []
     for name in names:
+        merged: list[dict] = []
         for w in window_summary(campaign.windows(name)):
-            first, last = w["iterations"]
-            commit = (w["git_commit"] or "?")[:7]
-            rows.append(f"| {name} | {first:,}-{last:,} | {w['machine']} | {w['precision']} | `{commit}` |")
+            key = (w["machine"], w["precision"])
+            if merged and merged[-1]["key"] == key and merged[-1]["last"] == w["iterations"][0]:
+                merged[-1]["last"] = w["iterations"][1]
+                merged[-1]["commits"].append((w["git_commit"] or "?")[:7])
+            else:
+                first, last = w["iterations"]
+                merged.append({"key": key, "first": first, "last": last, "commits": [(w["git_commit"] or "?")[:7]]})
+        for m in merged:
+            commits = m["commits"]
+            span = f"`{commits[0]}`" if len(commits) == 1 else f"`{commits[0]}` .. `{commits[-1]}` ({len(commits)})"
+            rows.append(f"| {name} | {m['first']:,}-{m['last']:,} | {m['key'][0]} | {m['key'][1]} | {span} |")
     if not rows:
         return []
-    header = ["| run | iterations | machine | precision | commit |", "|---|---|---|---|---|"]
+    header = ["| run | iterations | machine | precision | commits |", "|---|---|---|---|---|"]
     return ["### Where each run trained", "", *header, *rows, ""]
 
 
