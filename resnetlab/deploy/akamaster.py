@@ -109,7 +109,8 @@ def akamaster_checkpoint(path: str | Path, model: str) -> dict[str, Any]:
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # newer torch saves them
     check_state_keys(state, expected, path, f"an akamaster {model} checkpoint")
     require_finite(state, path)  # before anything is written
-    network.load_state_dict(_reorder(state, network), strict=False)  # num_batches_tracked: ours, unused
+    # every key checked above; num_batches_tracked (absent from their files) keeps the network's own
+    network.load_state_dict({**network.state_dict(), **_reorder(state, network)}, strict=True)
 
     pre = Preprocessing(
         mean=IMAGENET_CHANNEL_MEAN.clone(),
