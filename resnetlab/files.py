@@ -22,7 +22,16 @@ from typing import IO, Any
 
 from .errors import UserError
 
-__all__ = ["FolderInUse", "atomic_path", "atomic_write", "lock_folder", "write_json", "read_jsonl", "sha256_file"]
+__all__ = [
+    "FolderInUse",
+    "atomic_path",
+    "atomic_write",
+    "lock_folder",
+    "write_json",
+    "read_jsonl",
+    "replace_section",
+    "sha256_file",
+]
 
 LOCK_FILE = ".lock"
 
@@ -63,6 +72,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def replace_section(path: str | Path, text: str, begin: str, end: str, *, before: str) -> Path:
+    """Put ``text`` (which starts with the marker ``begin`` and ends with ``end``) into the page at ``path`` in
+    place of the section between those markers, or, the first time, before the heading ``before`` (at the end
+    without it); written atomically. The results page's generated sections are drawn this way."""
+    page = Path(path).read_text()
+    if begin in page and end in page:
+        page = page[: page.index(begin)] + text + page[page.index(end) + len(end) :]
+    else:
+        at = page.index(before) if before in page else len(page)
+        page = page[:at] + text + "\n\n" + page[at:]
+    return atomic_write(path, lambda f: f.write(page), text=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], *, text: bool = False) -> Path:

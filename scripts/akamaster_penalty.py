@@ -27,7 +27,7 @@ from resnetlab.deploy import choose_runtime, import_akamaster
 from resnetlab.errors import UserError
 from resnetlab.evaluation import evaluate_checkpoint
 from resnetlab.experiments.windows import cpu_name
-from resnetlab.files import write_json
+from resnetlab.files import replace_section, write_json
 
 BEGIN = "<!-- akamaster-penalty:begin (scripts/akamaster_penalty.py draws this section; do not edit by hand) -->"
 END = "<!-- akamaster-penalty:end -->"
@@ -119,14 +119,7 @@ def main() -> None:
     runtime, _ = choose_runtime(None, torch.device("cpu"))
     write_json(args.json, {"machine": machine, "runtime": runtime, "python": platform.python_version(), "rows": rows})
     text = section(rows, machine, runtime)
-    page = args.page.read_text()
-    if BEGIN in page and END in page:
-        page = page[: page.index(BEGIN)] + text + page[page.index(END) + len(END) :]
-    else:
-        anchor = "## Fig. 7"
-        at = page.index(anchor) if anchor in page else len(page)
-        page = page[:at] + text + "\n\n" + page[at:]
-    args.page.write_text(page)
+    replace_section(args.page, text, BEGIN, END, before="## Fig. 7")
     print(text)
 
 

@@ -35,6 +35,7 @@ from resnetlab.experiments import DEGRADATION_NETS, RESPONSE_NETS, degradation, 
 from resnetlab.experiments.campaign import Campaign, finished
 from resnetlab.experiments.campaign_status import format_status
 from resnetlab.experiments.windows import window_summary
+from resnetlab.files import replace_section
 
 BEGIN = "<!-- full-schedule:begin (scripts/full_schedule.py draws this section; do not edit by hand) -->"
 END = "<!-- full-schedule:end -->"
@@ -192,14 +193,7 @@ def main() -> None:
     except UserError as err:
         print(f"full_schedule: error: {err}", file=sys.stderr)
         sys.exit(2)
-    page = args.page.read_text()
-    if BEGIN in page and END in page:
-        page = page[: page.index(BEGIN)] + text + page[page.index(END) + len(END) :]
-    else:
-        anchor = "## Redraw from the records"
-        at = page.index(anchor) if anchor in page else len(page)
-        page = page[:at] + text + "\n\n" + page[at:]
-    args.page.write_text(page)
+    replace_section(args.page, text, BEGIN, END, before="## Redraw from the records")
     print(f"full_schedule: redrew the section in {args.page}")
 
 
